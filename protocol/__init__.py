@@ -1,0 +1,1 @@
+"""BayChat wire protocol v1: frames, codec, error and close codes. No I/O lives here."""

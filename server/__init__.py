@@ -1,0 +1,1 @@
+"""The gateway: configuration, HTTP API, WebSocket sessions, auth, broker, CLI."""

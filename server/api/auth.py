@@ -1,0 +1,35 @@
+"""POST /api/v1/auth/login and /auth/refresh."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.api.http import json_response, read_body, runtime_of
+from server.api.schemas import LoginRequest, RefreshRequest, TokenResponse
+from server.auth.service import TokenPair
+
+
+def _tokens(pair: TokenPair) -> Response:
+    return json_response(
+        TokenResponse(pair.access_token, pair.refresh_token, pair.expires_in, pair.token_type),
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def login(request: Request) -> Response:
+    body = await read_body(request, LoginRequest)
+    client = request.client.host if request.client else ""
+    pair = await runtime_of(request).auth.login(
+        body.tenant,
+        body.email,
+        body.password,
+        user_agent=request.headers.get("user-agent", ""),
+        ip=client,
+    )
+    return _tokens(pair)
+
+
+async def refresh(request: Request) -> Response:
+    body = await read_body(request, RefreshRequest)
+    return _tokens(await runtime_of(request).auth.refresh(body.refresh_token))

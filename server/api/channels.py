@@ -1,0 +1,90 @@
+"""Channels: list, create, add members, read history."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from protocol.codes import ErrorCode
+from protocol.errors import ForbiddenError, NotFoundError, ProtocolError
+from server.api.http import authenticate, json_response, read_body, runtime_of
+from server.api.schemas import (
+    ChannelCreate,
+    ChannelList,
+    ChannelOut,
+    MemberAdd,
+    MemberOut,
+    MessageList,
+    MessageOut,
+)
+from server.auth.authority import scope_for
+from storage.models import Channel
+
+
+def _channel(channel: Channel) -> ChannelOut:
+    return ChannelOut(channel.id, channel.name, channel.private, channel.created_at)
+
+
+def _query_int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ProtocolError(
+            f"query parameter `{name}` must be an integer in [{low}, {high}]",
+            code=ErrorCode.INVALID_FIELD,
+        )
+    return int(raw)
+
+
+async def list_channels(request: Request) -> Response:
+    principal = authenticate(request)
+    store = runtime_of(request).store
+    channels = await store.channels.visible_to(scope_for(principal), principal.id)
+    return json_response(ChannelList([_channel(c) for c in channels]))
+
+
+async def create_channel(request: Request) -> Response:
+    principal = authenticate(request)
+    body = await read_body(request, ChannelCreate)
+    if principal.kind != "user":
+        raise ForbiddenError("only users create channels")
+    channel = await runtime_of(request).store.channels.create(
+        scope_for(principal), body.name, private=body.private, created_by=principal.id
+    )
+    return json_response(_channel(channel), 201)
+
+
+async def add_member(request: Request) -> Response:
+    principal = authenticate(request)
+    body = await read_body(request, MemberAdd)
+    runtime = runtime_of(request)
+    # Members of a private channel, and tenant admins, may add people to it.
+    try:
+        channel = await runtime.chat.channel(principal, request.path_params["name"], "read")
+    except NotFoundError:
+        if not principal.is_admin:
+            raise
+        channel = await runtime.store.channels.by_name(
+            scope_for(principal), request.path_params["name"]
+        )
+    scope = scope_for(principal)
+    user = await runtime.store.users.by_email(scope, body.email.lower())
+    added = await runtime.store.channels.add_member(scope, channel.id, user.id)
+    return json_response(MemberOut(channel.name, user.id, added), 201 if added else 200)
+
+
+async def list_messages(request: Request) -> Response:
+    principal = authenticate(request)
+    runtime = runtime_of(request)
+    before = _query_int(request, "before", None, 1, 2**53)
+    limit = _query_int(request, "limit", 50, 1, 200)
+    assert limit is not None
+    channel = await runtime.chat.channel(principal, request.path_params["name"], "history")
+    messages = await runtime.chat.history(principal, channel, before, limit)
+    return json_response(
+        MessageList(
+            channel.name,
+            [MessageOut(m.seq, m.id, m.sender_id, m.body, m.sent_at) for m in messages],
+        )
+    )

@@ -1,0 +1,23 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from server.api.http import runtime_of
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    runtime = runtime_of(request)
+    checks: dict[str, bool] = {"broker": runtime.broker.ready()}
+    try:
+        await runtime.store.tenants.by_slug("\x00readiness-probe")
+    except Exception as exc:  # a NotFoundError means the store answered
+        checks["store"] = exc.__class__.__name__ == "NotFoundError"
+    ready = all(checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)

@@ -1,0 +1,163 @@
+"""Access tokens (JWT, HS256 pinned, key ids for rotation) and opaque refresh tokens.
+
+Access tokens carry ``iss``, ``aud``, ``sub``, ``tid`` (tenant), ``sid`` (session), ``role``,
+``typ: "access"``, ``iat``, ``exp`` and ``jti``; all are required on verification. Headers
+that point at other keys (``jwk``, ``jku``, ``x5u``, ``x5c``) are refused outright.
+
+Refresh tokens are ``rt1.<tenant id>.<32 random bytes, urlsafe>``; only their SHA-256 is
+stored. The tenant id in the clear lets the auth layer scope the lookup; it is not a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from protocol.codes import ErrorCode
+from protocol.errors import AuthError
+from server.auth.principal import Principal
+from storage.keys import write_secret_file
+from storage.models import ROLES
+
+ALGORITHM = "HS256"
+_FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
+_REQUIRED = ["exp", "iat", "iss", "aud", "sub", "tid", "sid", "typ", "role"]
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeys:
+    keys: dict[str, bytes]  # kid -> secret
+    active: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "active": self.active,
+                "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()},
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> SigningKeys:
+        doc = json.loads(raw)
+        keys = {str(k): base64.b64decode(v) for k, v in doc["keys"].items()}
+        if doc["active"] not in keys:
+            raise ValueError("the active JWT key id is not in the key set")
+        for kid, key in keys.items():
+            if len(key) < 32:
+                raise ValueError(f"JWT key {kid} is shorter than 256 bits")
+        return cls(keys, str(doc["active"]))
+
+    @classmethod
+    def generate(cls) -> SigningKeys:
+        kid = uuid.uuid4().hex[:12]
+        return cls({kid: secrets.token_bytes(32)}, kid)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> SigningKeys:
+        write_secret_file(path, cls.generate().to_json())
+        return cls.from_json(path.read_bytes())
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    expires_at: int
+
+
+class AccessTokens:
+    def __init__(self, keys: SigningKeys, *, issuer: str, audience: str, ttl_s: int) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl_s = ttl_s
+
+    def issue(
+        self, *, tenant_id: str, subject: str, session_id: str, role: str, kind: str = "user"
+    ) -> IssuedToken:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject,
+            "tid": tenant_id,
+            "sid": session_id,
+            "role": role,
+            "knd": kind,
+            "typ": "access",
+            "iat": now,
+            "exp": now + self.ttl_s,
+            "jti": uuid.uuid4().hex,
+        }
+        token = jwt.encode(
+            claims,
+            self.keys.keys[self.keys.active],
+            algorithm=ALGORITHM,
+            headers={"kid": self.keys.active},
+        )
+        return IssuedToken(token, claims["exp"])
+
+    def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("malformed token") from None
+        if header.get("alg") != ALGORITHM or _FORBIDDEN_HEADERS & header.keys():
+            raise AuthError("token not accepted")
+        key = self.keys.keys.get(str(header.get("kid", "")))
+        if key is None:
+            raise AuthError("token not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": _REQUIRED},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired", code=ErrorCode.TOKEN_EXPIRED) from None
+        except jwt.PyJWTError:
+            raise AuthError("token not accepted") from None
+        if claims["typ"] != "access" or claims["role"] not in ROLES:
+            raise AuthError("token not accepted")
+        kind = claims.get("knd", "user")
+        if kind not in ("user", "agent"):
+            raise AuthError("token not accepted")
+        return Principal(
+            tenant_id=str(claims["tid"]),
+            id=str(claims["sub"]),
+            kind=kind,
+            role=claims["role"],
+            session_id=str(claims["sid"]),
+            expires_at=int(claims["exp"]),
+        )
+
+
+REFRESH_PREFIX = "rt1"
+
+
+def new_refresh_token(tenant_id: str) -> str:
+    return f"{REFRESH_PREFIX}.{tenant_id}.{secrets.token_urlsafe(32)}"
+
+
+def refresh_token_tenant(token: str) -> str:
+    """The tenant a refresh token claims to belong to (verified by the hashed lookup)."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != REFRESH_PREFIX or not parts[1] or len(parts[2]) < 32:
+        raise AuthError("invalid refresh token")
+    return parts[1]
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,123 @@
+"""The Broker seam: moves messages between nodes and into the persistence log.
+
+A broker never imports the hub or the gateway: it is handed a ``BrokerHandler`` and calls
+back into it. Guarantees every implementation keeps (checked by tests/server/broker):
+
+* ``publish`` is atomic: the idempotency check on (sender, client_msg_id), the next
+  per-channel seq (gap-free, starting at 1, never reused), and the append to the durable
+  persistence log happen as one step. A retried publish returns the original message
+  with ``duplicate=True``.
+* Fan-out: every node subscribed to a channel gets ``on_message`` once per message, in
+  seq order per channel, and only for messages that are in the durable log.
+* ``on_persisted`` reaches the node the message was published from, after the message is
+  committed to the store; that is when the sender gets its ``ack``.
+* Everything is namespaced by tenant: the same channel id in two tenants never mixes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from storage.messages import IdempotencyRecord
+from storage.models import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    tenant_id: str
+    channel_id: str
+    channel: str
+    sender_id: str
+    body: str
+    client_msg_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    message: Message
+    duplicate: bool
+    persisted: bool  # already committed (only ever True for a duplicate)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSeed:
+    """What the store knows of a channel, for a broker that has no state for it."""
+
+    last_seq: int
+    recent: list[IdempotencyRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlEvent:
+    """Node-to-node notices. ``kind`` is e.g. ``session_revoked``, ``agent_killed``,
+    ``membership_changed``; ``subject`` the id it is about."""
+
+    kind: str
+    tenant_id: str
+    subject: str
+
+
+SeedSource = Callable[[str, str], Awaitable[ChannelSeed]]  # (tenant_id, channel_id)
+
+
+class BrokerHandler(Protocol):
+    def on_message(self, message: Message) -> None: ...
+
+    def on_persisted(self, messages: Sequence[Message]) -> None: ...
+
+    def on_ephemeral(self, tenant_id: str, channel_id: str, frame: bytes, origin: str) -> None:
+        """``origin``: the connection id that caused it, which does not receive it."""
+        ...
+
+    def on_control(self, event: ControlEvent) -> None: ...
+
+
+class Broker(Protocol):
+    node_id: str
+
+    async def start(self, handler: BrokerHandler) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, draft: Draft) -> Published: ...
+
+    async def subscribe(self, tenant_id: str, channel_id: str) -> None:
+        """Ask for this channel's fan-out on this node (idempotent)."""
+        ...
+
+    async def unsubscribe(self, tenant_id: str, channel_id: str) -> None: ...
+
+    async def publish_ephemeral(
+        self, tenant_id: str, channel_id: str, frame: bytes, origin: str
+    ) -> None:
+        """Typing and presence: delivered best effort to subscribed nodes, never stored."""
+        ...
+
+    async def publish_control(self, event: ControlEvent) -> None:
+        """Delivered to every node, this one included."""
+        ...
+
+    async def recent(self, tenant_id: str, channel_id: str, since: int) -> list[Message] | None:
+        """Messages after ``since`` from the broker's recent window, oldest first; None when
+        the window does not reach back to ``since`` (ask the store)."""
+        ...
+
+    def ready(self) -> bool:
+        """True while this node receives fan-out."""
+        ...
+
+
+def open_broker(url: str, seed: SeedSource, *, node_id: str) -> Broker:
+    """Choose the broker by URL scheme, importing its backend lazily."""
+    if url.startswith("memory:"):
+        from server.broker.memory import MemoryBroker
+
+        return MemoryBroker(seed, node_id=node_id)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from server.broker.redis import RedisBroker  # type: ignore[import-not-found,unused-ignore]
+
+        broker: Broker = RedisBroker(url, seed, node_id=node_id)
+        return broker
+    raise ValueError("unsupported broker URL scheme (use memory:// or redis://)")

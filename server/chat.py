@@ -1,0 +1,87 @@
+"""Channel access and the message operations shared by the WebSocket and HTTP paths."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from protocol.errors import ForbiddenError, NotFoundError
+from server.auth.authority import scope_for, scope_for_system
+from server.auth.principal import Principal
+from server.broker.base import Broker, ChannelSeed, Draft, Published, SeedSource
+from storage.models import Channel, Message
+from storage.store import Store
+
+Action = Literal["read", "history", "write", "presence"]
+IDEMPOTENCY_SEED = 1000
+
+
+class Chat:
+    def __init__(self, store: Store, broker: Broker, *, recovery_limit: int) -> None:
+        self.store = store
+        self.broker = broker
+        self.recovery_limit = recovery_limit
+
+    async def channel(self, principal: Principal, name: str, action: Action) -> Channel:
+        """The channel ``name`` if ``principal`` may do ``action`` on it.
+
+        A private channel the caller is not a member of, and any channel of another tenant,
+        is reported exactly like one that does not exist.
+        """
+        scope = scope_for(principal)
+        channel = await self.store.channels.by_name(scope, name)
+        if channel.private and not await self.store.channels.is_member(
+            scope, channel.id, principal.id
+        ):
+            raise NotFoundError("no such channel")
+        if principal.kind != "user":
+            raise ForbiddenError("not allowed on this channel")
+        return channel
+
+    async def publish(
+        self, principal: Principal, channel: Channel, body: str, client_msg_id: str | None
+    ) -> Published:
+        return await self.broker.publish(
+            Draft(
+                tenant_id=principal.tenant_id,
+                channel_id=channel.id,
+                channel=channel.name,
+                sender_id=principal.id,
+                body=body,
+                client_msg_id=client_msg_id,
+            )
+        )
+
+    async def after(
+        self, principal: Principal, channel: Channel, since: int, limit: int
+    ) -> list[Message]:
+        """Messages after ``since``, oldest first: the broker's recent window if it reaches
+        back far enough, else the store."""
+        recent = await self.broker.recent(principal.tenant_id, channel.id, since)
+        if recent is not None:
+            return recent[:limit]
+        return await self.store.messages.after(
+            scope_for(principal), channel.id, channel.name, since, limit
+        )
+
+    async def head(self, principal: Principal, channel: Channel) -> int:
+        return await self.store.messages.last_seq(scope_for(principal), channel.id)
+
+    async def history(
+        self, principal: Principal, channel: Channel, before: int | None, limit: int
+    ) -> list[Message]:
+        return await self.store.messages.before(
+            scope_for(principal), channel.id, channel.name, before, limit
+        )
+
+
+def seed_source(store: Store) -> SeedSource:
+    """What a broker needs to continue a channel it has no state for."""
+
+    async def seed(tenant_id: str, channel_id: str) -> ChannelSeed:
+        scope = scope_for_system(tenant_id)
+        return ChannelSeed(
+            last_seq=await store.messages.last_seq(scope, channel_id),
+            recent=await store.messages.recent_client_ids(scope, channel_id, IDEMPOTENCY_SEED),
+        )
+
+    return seed

@@ -1,0 +1,177 @@
+"""The ``baychat`` command. ``create`` commands print one JSON object on stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from protocol.errors import BayChatError
+from server.auth.authority import scope_for_operator
+from server.auth.passwords import PasswordPolicyError
+from server.config import Settings
+from server.runtime import make_passwords, open_store
+from storage.migrations import migrate as run_migrations
+from storage.models import PLANS, ROLES
+from storage.store import Store
+
+T = TypeVar("T")
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+def _emit(doc: dict[str, Any]) -> None:
+    click.echo(json.dumps(doc))
+
+
+def _run(work: Callable[[Store], Awaitable[T]], *, owner: bool = False) -> T:
+    settings = Settings.from_env()
+
+    async def main() -> T:
+        if settings.migrate_on_start or owner:
+            owner_store = open_store(settings, owner=True)
+            await owner_store.open(migrate_schema=True)
+            await owner_store.close()
+        store = open_store(settings, owner=owner)
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except (BayChatError, PasswordPolicyError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def main() -> None:
+    """BayChat: a multi-tenant real-time chat server."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Run the gateway (and, embedded, the persistence worker)."""
+    import uvicorn
+
+    from server.app import create_app
+
+    settings = Settings.from_env()
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        ws_max_size=settings.max_frame_bytes,
+        ws_per_message_deflate=False,
+        ws_ping_interval=settings.ping_interval_s,
+        ws_ping_timeout=settings.ping_timeout_s,
+        proxy_headers=False,
+        server_header=False,
+        log_level="info",
+    )
+
+
+@main.command()
+def migrate() -> None:
+    """Apply pending schema migrations (as the owner role)."""
+    settings = Settings.from_env()
+
+    async def work() -> list[int]:
+        store = open_store(settings, owner=True)
+        await store.engine.open()
+        try:
+            return await run_migrations(store.engine)
+        finally:
+            await store.close()
+
+    applied = asyncio.run(work())
+    _emit({"applied": applied})
+
+
+@main.group()
+def tenant() -> None:
+    """Manage tenants."""
+
+
+@tenant.command("create")
+@click.argument("slug")
+@click.option("--plan", type=click.Choice(PLANS), default="free", show_default=True)
+def tenant_create(slug: str, plan: str) -> None:
+    if not _SLUG.fullmatch(slug):
+        raise click.BadParameter("lowercase letters, digits and dashes", param_hint="SLUG")
+
+    async def work(store: Store) -> dict[str, Any]:
+        created = await store.tenants.create(slug, plan)  # type: ignore[arg-type]
+        return {"id": created.id, "slug": created.slug, "plan": created.plan}
+
+    _emit(_run(work))
+
+
+@main.group()
+def user() -> None:
+    """Manage users."""
+
+
+@user.command("create")
+@click.argument("tenant_slug")
+@click.argument("email")
+@click.option("--role", type=click.Choice(ROLES), default="member", show_default=True)
+@click.option("--password-stdin", is_flag=True, required=True, help="Read the password from stdin.")
+def user_create(tenant_slug: str, email: str, role: str, password_stdin: bool) -> None:
+    password = sys.stdin.readline().rstrip("\r\n")
+    settings = Settings.from_env()
+
+    async def work(store: Store) -> dict[str, Any]:
+        found = await store.tenants.by_slug(tenant_slug)
+        password_hash = await make_passwords(settings).hash(password)
+        created = await store.users.create(
+            scope_for_operator(found.id),
+            email.lower(),
+            password_hash,
+            role,  # type: ignore[arg-type]
+        )
+        return {"id": created.id, "email": created.email, "role": created.role}
+
+    _emit(_run(work))
+
+
+@main.command()
+@click.option("--slug", default="demo", show_default=True)
+def demo(slug: str) -> None:
+    """Create a demo tenant, two users and a channel, and print how to log in."""
+    import secrets
+
+    settings = Settings.from_env()
+    password = secrets.token_urlsafe(12)
+
+    async def work(store: Store) -> dict[str, Any]:
+        created = await store.tenants.create(slug, "free")
+        scope = scope_for_operator(created.id)
+        hashed = await make_passwords(settings).hash(password)
+        alice = await store.users.create(scope, "alice@example.com", hashed, "owner")
+        await store.users.create(scope, "bob@example.com", hashed, "member")
+        await store.channels.create(scope, "general", private=False, created_by=alice.id)
+        return {
+            "tenant": slug,
+            "users": ["alice@example.com", "bob@example.com"],
+            "password": password,
+            "channel": "general",
+        }
+
+    doc = _run(work)
+    _emit(doc)
+    click.echo(
+        "\nLog in:\n  curl -s localhost:8000/api/v1/auth/login -H 'content-type: application/json'"
+        f' -d \'{{"tenant": "{slug}", "email": "alice@example.com",'
+        f' "password": "{password}"}}\'\n'
+        "then connect to ws://localhost:8000/ws and send"
+        ' {"type": "auth", "token": "<access_token>"}',
+        err=True,
+    )

@@ -1,0 +1,94 @@
+"""Settings, read once from the environment (``BAYCHAT_*``). Defaults run embedded with no
+configuration: SQLite and generated secrets under ``./data``, the in-process broker."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"BAYCHAT_{name}", default)
+
+
+def _int(name: str, default: int) -> int:
+    return int(_env(name, str(default)))
+
+
+def _float(name: str, default: float) -> float:
+    return float(_env(name, str(default)))
+
+
+def _bool(name: str, default: bool) -> bool:
+    return _env(name, "1" if default else "0").lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    database_owner_url: str = ""
+    broker_url: str = "memory://"
+    keystore_dir: Path = Path("data/keys")
+    master_keys: str = ""  # BAYCHAT_MASTER_KEYS, else a generated file in data_dir/secrets
+    jwt_keys: str = ""  # BAYCHAT_JWT_KEYS, else a generated file in data_dir/secrets
+    embedded_worker: bool = True
+    migrate_on_start: bool = True
+    jwt_issuer: str = "baychat"
+    jwt_audience: str = "baychat"
+    access_ttl_s: int = 900
+    refresh_ttl_s: int = 30 * 24 * 3600
+    max_frame_bytes: int = 65536
+    max_body_bytes: int = 16384
+    max_http_body_bytes: int = 65536
+    max_subscriptions: int = 200
+    send_queue_frames: int = 1024
+    auth_timeout_s: float = 5.0
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    recovery_limit: int = 10_000
+    password_time_cost: int = 2
+    password_memory_kib: int = 19456
+    password_parallelism: int = 1
+    node_id: str = field(default_factory=lambda: secrets.token_hex(6))
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data_dir = Path(_env("DATA_DIR", "data"))
+        database_url = _env("DATABASE_URL", f"sqlite:///{data_dir / 'baychat.db'}")
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            database_owner_url=_env("DATABASE_OWNER_URL", database_url),
+            broker_url=_env("BROKER_URL", "memory://"),
+            keystore_dir=Path(_env("KEYSTORE_DIR", str(data_dir / "keys"))),
+            master_keys=_env("MASTER_KEYS", ""),
+            jwt_keys=_env("JWT_KEYS", ""),
+            embedded_worker=_bool("EMBEDDED_WORKER", True),
+            migrate_on_start=_bool("MIGRATE_ON_START", True),
+            jwt_issuer=_env("JWT_ISSUER", "baychat"),
+            jwt_audience=_env("JWT_AUDIENCE", "baychat"),
+            access_ttl_s=min(_int("ACCESS_TTL", 900), 900),
+            refresh_ttl_s=_int("REFRESH_TTL", 30 * 24 * 3600),
+            max_frame_bytes=_int("MAX_FRAME_BYTES", 65536),
+            max_body_bytes=_int("MAX_BODY_BYTES", 16384),
+            max_http_body_bytes=_int("MAX_HTTP_BODY_BYTES", 65536),
+            max_subscriptions=_int("MAX_SUBSCRIPTIONS", 200),
+            send_queue_frames=_int("SEND_QUEUE_FRAMES", 1024),
+            auth_timeout_s=_float("AUTH_TIMEOUT", 5.0),
+            ping_interval_s=_float("PING_INTERVAL", 20.0),
+            ping_timeout_s=_float("PING_TIMEOUT", 20.0),
+            recovery_limit=_int("RECOVERY_LIMIT", 10_000),
+            password_time_cost=_int("PASSWORD_TIME_COST", 2),
+            password_memory_kib=_int("PASSWORD_MEMORY_KIB", 19456),
+            password_parallelism=_int("PASSWORD_PARALLELISM", 1),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,388 @@
+"""The WebSocket endpoint: a thin adapter between a socket and the protocol.
+
+Life of a connection: authenticate (bearer header on the handshake, or an ``auth`` frame
+within ``auth_timeout``), send ``ready``, then read frames one at a time and answer each.
+A connection lives no longer than its access token unless a ``refresh`` frame extends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from protocol import frames as f
+from protocol.codec import decode_client_frame, encode
+from protocol.codes import CloseCode, ErrorCode
+from protocol.errors import AuthError, BayChatError, ForbiddenError, ProtocolError
+from server.auth.principal import Principal
+from server.connection import Connection, Subscription
+from server.transport import AsgiTransport
+from storage.models import Channel, Message
+
+if TYPE_CHECKING:
+    from server.runtime import Runtime
+
+_log = logging.getLogger("baychat.gateway")
+EXPIRY_WARNING_S = 60
+TYPING_INTERVAL_S = 1.0
+
+
+def _message_frame(message: Message) -> f.MessageOut:
+    return f.MessageOut(
+        channel=message.channel,
+        seq=message.seq,
+        message_id=message.id,
+        sender=message.sender_id,
+        body=message.body,
+        sent_at=message.sent_at,
+    )
+
+
+def _bearer(websocket: WebSocket) -> str | None:
+    header = websocket.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    runtime: Runtime = websocket.app.state.runtime
+    await websocket.accept()
+    transport = AsgiTransport(websocket, runtime.settings.send_queue_frames)
+    session = ClientSession(runtime, websocket, transport)
+    try:
+        await session.run()
+    finally:
+        await session.teardown()
+
+
+class ClientSession:
+    def __init__(self, runtime: Runtime, websocket: WebSocket, transport: AsgiTransport) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.websocket = websocket
+        self.transport = transport
+        self.conn: Connection | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._warning: asyncio.TimerHandle | None = None
+        self._last_typing: dict[str, float] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        principal = await self._authenticate()
+        if principal is None:
+            return
+        self.conn = Connection(self.transport, principal)
+        self.runtime.node.hub.register(self.conn)
+        self._schedule_expiry(principal.expires_at)
+        self._send(
+            f.Ready(
+                session=self.conn.id,
+                user=principal.id,
+                tenant=principal.tenant_id,
+                expires_at=principal.expires_at,
+                id=self._auth_request_id,
+            )
+        )
+        await self._serve()
+
+    _auth_request_id: f.RequestId | None = None
+
+    async def _authenticate(self) -> Principal | None:
+        auth = self.runtime.auth
+        token = _bearer(self.websocket)
+        if token is None:
+            try:
+                raw = await asyncio.wait_for(self._receive(), self.settings.auth_timeout_s)
+            except TimeoutError:
+                self._close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
+                return None
+            if raw is None:
+                return None
+            try:
+                frame = decode_client_frame(raw)
+            except ProtocolError as exc:
+                self._close(CloseCode.UNAUTHORIZED, f"first frame must be auth: {exc.code}")
+                return None
+            if not isinstance(frame, f.Auth):
+                self._close(CloseCode.UNAUTHORIZED, "first frame must be auth")
+                return None
+            token = frame.token
+            self._auth_request_id = frame.id
+        try:
+            return auth.authenticate(token)
+        except AuthError as exc:
+            code = exc.wire.close_code or CloseCode.UNAUTHORIZED
+            self._close(code, exc.message)
+            return None
+
+    async def _receive(self) -> str | bytes | None:
+        try:
+            message = await self.websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        data = message.get("bytes")
+        return bytes(data) if data is not None else b""
+
+    async def _serve(self) -> None:
+        while True:
+            raw = await self._receive()
+            if raw is None or self.transport.close_code is not None:
+                return
+            request_id: f.RequestId | None = None
+            try:
+                if isinstance(raw, bytes):
+                    raise ProtocolError("binary frames are not part of protocol v1")
+                frame = decode_client_frame(raw)
+                request_id = frame.id
+                await self._dispatch(frame)
+            except BayChatError as exc:
+                self._error(exc, request_id)
+            except Exception:
+                _log.exception("frame handling failed")
+                self._send(
+                    f.ErrorOut(code=ErrorCode.INTERNAL, message="internal error", id=request_id)
+                )
+
+    async def teardown(self) -> None:
+        for handle in (self._expiry, self._warning):
+            if handle is not None:
+                handle.cancel()
+        conn = self.conn
+        if conn is not None:
+            node = self.runtime.node
+            emptied = node.hub.unregister(conn)
+            for tenant_id, channel_id in emptied:
+                with contextlib.suppress(Exception):
+                    await self.runtime.broker.unsubscribe(tenant_id, channel_id)
+            for channel_id in list(conn.subscriptions):
+                with contextlib.suppress(Exception):
+                    await self._presence(conn, channel_id, joined=False)
+        if self.transport.close_code is None:
+            self.transport.close(CloseCode.GOING_AWAY, "connection closed")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.transport.closed.wait(), 1.0)
+        await self.transport.aclose()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _send(self, frame: f.ServerFrame) -> None:
+        self.transport.send(encode(frame))
+
+    def _close(self, code: CloseCode, reason: str) -> None:
+        self.transport.close(code, reason[:120])
+
+    def _error(self, exc: BayChatError, request_id: f.RequestId | None) -> None:
+        retry_after = getattr(exc, "retry_after", None)
+        self._send(
+            f.ErrorOut(code=exc.code, message=exc.message, retry_after=retry_after, id=request_id)
+        )
+        close_code = exc.wire.close_code
+        if close_code is not None:
+            self._close(close_code, exc.message)
+
+    def _schedule_expiry(self, expires_at: int) -> None:
+        loop = asyncio.get_running_loop()
+        for handle in (self._expiry, self._warning):
+            if handle is not None:
+                handle.cancel()
+        remaining = expires_at - time.time()
+        self._expiry = loop.call_later(
+            max(remaining, 0), self._close, CloseCode.TOKEN_EXPIRED, "access token expired"
+        )
+        warn_in = remaining - EXPIRY_WARNING_S
+        self._warning = loop.call_later(
+            max(warn_in, 0), self._send, f.Expiring(expires_at=expires_at)
+        )
+
+    @property
+    def principal(self) -> Principal:
+        assert self.conn is not None
+        return self.conn.principal
+
+    async def _channel(self, name: str, action: str) -> Channel:
+        return await self.runtime.chat.channel(self.principal, name, action)  # type: ignore[arg-type]
+
+    async def _presence(self, conn: Connection, channel_id: str, *, joined: bool) -> None:
+        sub = conn.subscriptions.get(channel_id)
+        if sub is None:
+            return
+        user = conn.principal.id
+        frame = f.Presence(
+            channel=sub.channel.name, joined=user if joined else None, left=None if joined else user
+        )
+        await self.runtime.broker.publish_ephemeral(
+            conn.principal.tenant_id, channel_id, encode(frame), conn.id
+        )
+
+    # -- frames -------------------------------------------------------------------------
+
+    async def _dispatch(self, frame: f.ClientFrame) -> None:
+        match frame:
+            case f.Publish():
+                await self._publish(frame)
+            case f.Subscribe():
+                await self._subscribe(frame)
+            case f.Unsubscribe():
+                await self._unsubscribe(frame)
+            case f.History():
+                await self._history(frame)
+            case f.Typing():
+                await self._typing(frame)
+            case f.Ping():
+                self._send(f.Pong(id=frame.id))
+            case f.Refresh():
+                await self._refresh(frame)
+            case f.Auth():
+                raise ProtocolError("already authenticated")
+
+    async def _publish(self, frame: f.Publish) -> None:
+        if len(frame.body.encode()) > self.settings.max_body_bytes:
+            raise ProtocolError(
+                f"body exceeds {self.settings.max_body_bytes} bytes", code=ErrorCode.TOO_LARGE
+            )
+        channel = await self._channel(frame.channel, "write")
+        result = await self.runtime.chat.publish(
+            self.principal, channel, frame.body, frame.client_msg_id
+        )
+        request_id = frame.id
+        duplicate = result.duplicate
+        channel_name = channel.name
+
+        def ack(message: Message) -> None:
+            self._send(
+                f.Ack(
+                    message_id=message.id,
+                    seq=message.seq,
+                    channel=channel_name,
+                    duplicate=duplicate,
+                    id=request_id,
+                )
+            )
+
+        if result.persisted:
+            ack(result.message)
+        else:
+            self.runtime.node.acks.expect(result.message.id, ack)
+
+    async def _subscribe(self, frame: f.Subscribe) -> None:
+        conn = self.conn
+        assert conn is not None
+        channel = await self._channel(frame.channel, "read")
+        if channel.id not in conn.subscriptions and (
+            len(conn.subscriptions) >= self.settings.max_subscriptions
+        ):
+            raise ForbiddenError(
+                f"at most {self.settings.max_subscriptions} subscriptions per connection"
+            )
+        sub = Subscription(channel, backlog_limit=self.settings.send_queue_frames)
+        conn.subscriptions[channel.id] = sub
+        key = (conn.principal.tenant_id, channel.id)
+        if self.runtime.node.hub.join(conn, key):
+            await self.runtime.broker.subscribe(*key)
+        # Live messages now queue in sub.backlog while we catch up from storage.
+        try:
+            since = frame.since
+            if since is None:
+                since = await self.runtime.chat.head(self.principal, channel)
+                missed = await self.runtime.chat.after(self.principal, channel, since, 1000)
+                recovered = False
+            else:
+                limit = self.runtime.chat.recovery_limit
+                missed = await self.runtime.chat.after(self.principal, channel, since, limit + 1)
+                recovered = len(missed) <= limit
+                if not recovered:
+                    # Too far behind to replay: start from the head; the client pages history.
+                    since = await self.runtime.chat.head(self.principal, channel)
+                    missed = []
+        except BaseException:
+            conn.subscriptions.pop(channel.id, None)
+            self.runtime.node.hub.leave(conn, key)
+            raise
+        sub.last_seq = since
+        head = missed[-1].seq if missed else since
+        self._send(f.Subscribed(channel=channel.name, seq=head, recovered=recovered, id=frame.id))
+        for message in missed:
+            if message.seq > sub.last_seq:
+                sub.last_seq = message.seq
+                self.transport.send(encode(_message_frame(message)))
+        backlog, sub.backlog = sub.backlog or [], None
+        for seq, data in backlog:
+            if seq > sub.last_seq:
+                sub.last_seq = seq
+                self.transport.send(data)
+        await self._presence(conn, channel.id, joined=True)
+
+    async def _unsubscribe(self, frame: f.Unsubscribe) -> None:
+        conn = self.conn
+        assert conn is not None
+        channel = next(
+            (s.channel for s in conn.subscriptions.values() if s.channel.name == frame.channel),
+            None,
+        )
+        if channel is None:
+            raise BayChatError("not subscribed to this channel", code=ErrorCode.NOT_SUBSCRIBED)
+        await self._presence(conn, channel.id, joined=False)
+        conn.subscriptions.pop(channel.id, None)
+        key = (conn.principal.tenant_id, channel.id)
+        if self.runtime.node.hub.leave(conn, key):
+            await self.runtime.broker.unsubscribe(*key)
+        self._send(f.Unsubscribed(channel=channel.name, id=frame.id))
+
+    async def _history(self, frame: f.History) -> None:
+        channel = await self._channel(frame.channel, "history")
+        messages = await self.runtime.chat.history(
+            self.principal, channel, frame.before, frame.limit
+        )
+        self._send(
+            f.HistoryOut(
+                channel=channel.name,
+                messages=[
+                    f.HistoryMessage(
+                        seq=m.seq,
+                        message_id=m.id,
+                        sender=m.sender_id,
+                        body=m.body,
+                        sent_at=m.sent_at,
+                    )
+                    for m in messages
+                ],
+                id=frame.id,
+            )
+        )
+
+    async def _typing(self, frame: f.Typing) -> None:
+        conn = self.conn
+        assert conn is not None
+        now = time.monotonic()
+        if now - self._last_typing.get(frame.channel, 0.0) < TYPING_INTERVAL_S:
+            return  # typing is advisory: extra notices inside the interval are dropped
+        channel = await self._channel(frame.channel, "presence")
+        self._last_typing[frame.channel] = now
+        data = encode(f.TypingOut(channel=channel.name, user=conn.principal.id))
+        await self.runtime.broker.publish_ephemeral(
+            conn.principal.tenant_id, channel.id, data, conn.id
+        )
+
+    async def _refresh(self, frame: f.Refresh) -> None:
+        conn = self.conn
+        assert conn is not None
+        fresh = self.runtime.auth.authenticate(frame.token)
+        current = conn.principal
+        if (fresh.tenant_id, fresh.id, fresh.kind) != (current.tenant_id, current.id, current.kind):
+            raise ForbiddenError("token belongs to another identity")
+        conn.principal = fresh
+        self._schedule_expiry(fresh.expires_at)
+        self._send(f.Refreshed(expires_at=fresh.expires_at, id=frame.id))

@@ -1,0 +1,101 @@
+"""Assembles one node from settings: key material, store, broker, node, services, worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from server.auth.authority import scope_for_system
+from server.auth.passwords import Passwords
+from server.auth.service import AuthService
+from server.auth.tokens import AccessTokens, SigningKeys
+from server.broker.base import Broker, open_broker
+from server.chat import Chat, seed_source
+from server.config import Settings
+from server.node import Node, shutdown_connections
+from storage.keys import MasterKeyring, TenantKeyStore
+from storage.store import Store
+from storage.worker import PersistenceLog, PersistenceWorker
+
+_log = logging.getLogger("baychat.runtime")
+
+
+def load_keyring(settings: Settings) -> MasterKeyring:
+    if settings.master_keys:
+        return MasterKeyring.from_env(settings.master_keys)
+    return MasterKeyring.load_or_create(settings.secrets_dir / "master-keys.json")
+
+
+def load_signing_keys(settings: Settings) -> SigningKeys:
+    if settings.jwt_keys:
+        return SigningKeys.from_json(settings.jwt_keys)
+    return SigningKeys.load_or_create(settings.secrets_dir / "jwt-keys.json")
+
+
+def open_store(settings: Settings, *, owner: bool = False) -> Store:
+    url = settings.database_owner_url if owner else settings.database_url
+    return Store.from_url(url, load_keyring(settings), TenantKeyStore(settings.keystore_dir))
+
+
+def make_passwords(settings: Settings) -> Passwords:
+    return Passwords(
+        time_cost=settings.password_time_cost,
+        memory_kib=settings.password_memory_kib,
+        parallelism=settings.password_parallelism,
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    broker: Broker
+    node: Node
+    auth: AuthService
+    chat: Chat
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    worker: PersistenceWorker | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        if settings.migrate_on_start:
+            owner_store = open_store(settings, owner=True)
+            await owner_store.open(migrate_schema=True)
+            await owner_store.close()
+        store = open_store(settings)
+        await store.open()
+        broker = open_broker(settings.broker_url, seed_source(store), node_id=settings.node_id)
+        node = Node()
+        await broker.start(node)
+        access = AccessTokens(
+            load_signing_keys(settings),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            ttl_s=settings.access_ttl_s,
+        )
+        auth = AuthService(
+            store, broker, make_passwords(settings), access, refresh_ttl_s=settings.refresh_ttl_s
+        )
+        chat = Chat(store, broker, recovery_limit=settings.recovery_limit)
+        runtime = cls(settings, store, broker, node, auth, chat)
+        if settings.embedded_worker:
+            runtime.start_worker(broker)  # type: ignore[arg-type]
+        return runtime
+
+    def start_worker(self, log: PersistenceLog) -> None:
+        self.worker = PersistenceWorker(log, self.store, scope_for_system)
+        self.tasks.append(asyncio.create_task(self.worker.run(), name="persistence-worker"))
+
+    async def stop(self) -> None:
+        await shutdown_connections(self.node, self.broker)
+        if self.worker is not None:
+            self.worker.stop()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.broker.close()
+        await self.store.close()

@@ -1,0 +1,1 @@
+"""Persistence: the Store seam, its SQLite and Postgres engines, encryption, the worker."""

@@ -1,0 +1,87 @@
+"""Message encryption at rest: AES-256-GCM envelopes under per-tenant derived keys.
+
+Envelope (bytes): ``0x01`` format version | key version (4 bytes, big endian) |
+nonce (12 random bytes) | ciphertext with its 16-byte tag.
+
+The associated data binds the envelope to its tenant, channel, message id and key version,
+so a ciphertext copied into another row, channel or tenant fails authentication.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from storage.keys import KeyUnavailableError, MasterKeyring, TenantKeyStore
+
+FORMAT_VERSION = 1
+_HEADER = struct.Struct(">BI")
+_NONCE_BYTES = 12
+
+
+class DecryptionError(KeyUnavailableError):
+    default_message = "message could not be decrypted"
+
+
+class MessageCipher:
+    def __init__(self, keyring: MasterKeyring, keystore: TenantKeyStore) -> None:
+        self.keyring = keyring
+        self.keystore = keystore
+        # Derivation costs an HKDF and a file read: do it once per tenant and version.
+        self._aead: dict[tuple[str, int], AESGCM] = {}
+
+    def _cipher(self, tenant_id: str, version: int) -> AESGCM:
+        aead = self._aead.get((tenant_id, version))
+        if aead is None:
+            hkdf = HKDF(
+                algorithm=hashes.SHA256(),
+                length=32,
+                salt=self.keystore.secret(tenant_id),
+                info=b"baychat/message-key/v1|" + tenant_id.encode() + b"|" + str(version).encode(),
+            )
+            aead = AESGCM(hkdf.derive(self.keyring.key(version)))
+            self._aead[(tenant_id, version)] = aead
+        return aead
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        for key in [k for k in self._aead if k[0] == tenant_id]:
+            del self._aead[key]
+
+    @staticmethod
+    def _aad(tenant_id: str, channel_id: str, message_id: str, version: int) -> bytes:
+        return f"baychat/v1|{tenant_id}|{channel_id}|{message_id}|{version}".encode()
+
+    def encrypt(
+        self, tenant_id: str, channel_id: str, message_id: str, plaintext: bytes
+    ) -> tuple[int, bytes]:
+        version = self.keyring.active
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._cipher(tenant_id, version).encrypt(
+            nonce, plaintext, self._aad(tenant_id, channel_id, message_id, version)
+        )
+        return version, _HEADER.pack(FORMAT_VERSION, version) + nonce + sealed
+
+    def decrypt(self, tenant_id: str, channel_id: str, message_id: str, envelope: bytes) -> bytes:
+        if len(envelope) < _HEADER.size + _NONCE_BYTES + 16:
+            raise DecryptionError()
+        fmt, version = _HEADER.unpack_from(envelope)
+        if fmt != FORMAT_VERSION:
+            raise DecryptionError("unknown envelope format")
+        nonce = envelope[_HEADER.size : _HEADER.size + _NONCE_BYTES]
+        try:
+            return self._cipher(tenant_id, version).decrypt(
+                nonce,
+                envelope[_HEADER.size + _NONCE_BYTES :],
+                self._aad(tenant_id, channel_id, message_id, version),
+            )
+        except InvalidTag:
+            raise DecryptionError() from None
+
+    @staticmethod
+    def key_version_of(envelope: bytes) -> int:
+        return int(_HEADER.unpack_from(envelope)[1])

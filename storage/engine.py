@@ -1,0 +1,65 @@
+"""The database engine seam: one SQL dialect written once, with ``$1``-style parameters.
+
+An engine hands out named transactions. A transaction opened for a tenant makes that tenant
+the only one visible where the backend can enforce it (Postgres row-level security through
+``set_config('app.tenant_id', ..., true)``); SQLite relies on the scoped repositories, which
+filter every statement by tenant and check every returned row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Protocol
+
+Row = Mapping[str, Any]
+Dialect = Literal["sqlite", "postgres"]
+
+
+class Tx(Protocol):
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
+
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+
+    async def set_tenant(self, tenant_id: str | None) -> None:
+        """Make ``tenant_id`` the tenant this transaction may see (None: no tenant)."""
+        ...
+
+
+class Engine(Protocol):
+    dialect: Dialect
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def transaction(
+        self, name: str, *, tenant_id: str | None = None, write: bool = False
+    ) -> AbstractAsyncContextManager[Tx]:
+        """A transaction, committed on clean exit and rolled back on an exception.
+
+        ``name`` labels it in logs and metrics. ``tenant_id`` is set for the whole
+        transaction; None means no tenant (only tenant-free tables are visible in Postgres).
+        ``write`` marks transactions that write, so SQLite can serialise them.
+        """
+        ...
+
+
+def open_engine(url: str) -> Engine:
+    """Choose the engine by URL scheme; imports are lazy so SQLite users need no driver."""
+    if url.startswith("sqlite:"):
+        from storage.sqlite import SQLiteEngine
+
+        return SQLiteEngine(url)
+    if url.startswith(("postgres://", "postgresql://")):
+        from storage.postgres import PostgresEngine  # type: ignore[import-not-found,unused-ignore]
+
+        engine: Engine = PostgresEngine(url)
+        return engine
+    raise ValueError("unsupported database URL scheme (use sqlite:/// or postgresql://)")

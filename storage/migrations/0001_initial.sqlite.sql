@@ -1,0 +1,77 @@
+-- Tenants are the directory every other table hangs off; they hold no user content.
+CREATE TABLE tenants (
+    id          TEXT PRIMARY KEY,
+    slug        TEXT NOT NULL UNIQUE,
+    plan        TEXT NOT NULL CHECK (plan IN ('free', 'paid')),
+    created_at  BIGINT NOT NULL
+);
+
+CREATE TABLE users (
+    tenant_id      TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    id             TEXT PRIMARY KEY,
+    email          TEXT NOT NULL,
+    password_hash  TEXT NOT NULL,
+    role           TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+    disabled       BOOLEAN NOT NULL DEFAULT FALSE,
+    created_at     BIGINT NOT NULL,
+    UNIQUE (tenant_id, email)
+);
+
+CREATE TABLE channels (
+    tenant_id   TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    private     BOOLEAN NOT NULL DEFAULT FALSE,
+    created_by  TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+
+CREATE TABLE channel_members (
+    tenant_id   TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    channel_id  TEXT NOT NULL REFERENCES channels (id) ON DELETE CASCADE,
+    user_id     TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    added_at    BIGINT NOT NULL,
+    PRIMARY KEY (channel_id, user_id)
+);
+CREATE INDEX channel_members_user ON channel_members (tenant_id, user_id);
+
+-- Bodies are stored only as AES-256-GCM envelopes (storage/crypto.py).
+CREATE TABLE messages (
+    tenant_id      TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    channel_id     TEXT NOT NULL REFERENCES channels (id) ON DELETE CASCADE,
+    seq            BIGINT NOT NULL,
+    id             TEXT NOT NULL UNIQUE,
+    sender_id      TEXT NOT NULL,
+    client_msg_id  TEXT,
+    key_version    INTEGER NOT NULL,
+    envelope       BLOB NOT NULL,
+    sent_at        BIGINT NOT NULL,
+    PRIMARY KEY (channel_id, seq)
+);
+CREATE INDEX messages_sender ON messages (tenant_id, sender_id);
+CREATE INDEX messages_key_version ON messages (key_version);
+
+-- A session is one refresh-token family: every rotation issues a new token in it.
+CREATE TABLE sessions (
+    tenant_id     TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    id            TEXT PRIMARY KEY,
+    user_id       TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at    BIGINT NOT NULL,
+    last_used_at  BIGINT NOT NULL,
+    expires_at    BIGINT NOT NULL,
+    revoked_at    BIGINT,
+    user_agent    TEXT NOT NULL DEFAULT '',
+    ip            TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX sessions_user ON sessions (tenant_id, user_id);
+
+-- Only SHA-256 digests of refresh tokens are stored.
+CREATE TABLE refresh_tokens (
+    tenant_id   TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    token_hash  TEXT PRIMARY KEY,
+    session_id  TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    created_at  BIGINT NOT NULL,
+    used_at     BIGINT
+);
+CREATE INDEX refresh_tokens_session ON refresh_tokens (session_id);

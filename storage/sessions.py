@@ -1,0 +1,183 @@
+"""Sessions and their refresh tokens. A session is one refresh-token family.
+
+Rotation is one transaction that marks the presented token used *only if it was unused*:
+of many parallel refreshes with one token, exactly one wins. Presenting a token that was
+already used revokes the whole session (a stolen token was replayed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.codes import ErrorCode
+from protocol.errors import AuthError, NotFoundError
+from storage.engine import Engine, Row
+from storage.ids import new_id, now_ms
+from storage.models import Session
+from storage.scope import TenantScope
+
+
+def _session(row: Row) -> Session:
+    revoked = row["revoked_at"]
+    return Session(
+        row["tenant_id"],
+        row["id"],
+        row["user_id"],
+        int(row["created_at"]),
+        int(row["last_used_at"]),
+        int(row["expires_at"]),
+        None if revoked is None else int(revoked),
+        row["user_agent"],
+        row["ip"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    session: Session
+    reused: bool  # True: the token had been used before; the session is now revoked
+
+
+class Sessions:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def create(
+        self,
+        scope: TenantScope,
+        user_id: str,
+        token_hash: str,
+        *,
+        lifetime_ms: int,
+        user_agent: str,
+        ip: str,
+    ) -> Session:
+        now = now_ms()
+        session = Session(
+            scope.tenant_id, new_id(), user_id, now, now, now + lifetime_ms, None, user_agent, ip
+        )
+        async with self._engine.transaction(
+            "session_create", tenant_id=scope.tenant_id, write=True
+        ) as tx:
+            await tx.execute(
+                "INSERT INTO sessions (tenant_id, id, user_id, created_at, last_used_at,"
+                " expires_at, revoked_at, user_agent, ip)"
+                " VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8)",
+                session.tenant_id,
+                session.id,
+                session.user_id,
+                session.created_at,
+                session.last_used_at,
+                session.expires_at,
+                session.user_agent,
+                session.ip,
+            )
+            await tx.execute(
+                "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at)"
+                " VALUES ($1, $2, $3, $4)",
+                scope.tenant_id,
+                token_hash,
+                session.id,
+                now,
+            )
+        return session
+
+    async def rotate(self, scope: TenantScope, old_hash: str, new_hash: str) -> Rotation:
+        """Exchange an unused refresh token for a new one in the same session."""
+        now = now_ms()
+        async with self._engine.transaction(
+            "session_rotate", tenant_id=scope.tenant_id, write=True
+        ) as tx:
+            won = await tx.fetchrow(
+                "UPDATE refresh_tokens SET used_at = $3 WHERE tenant_id = $1"
+                " AND token_hash = $2 AND used_at IS NULL RETURNING tenant_id, session_id",
+                scope.tenant_id,
+                old_hash,
+                now,
+            )
+            if won is None:
+                row = await tx.fetchrow(
+                    "SELECT tenant_id, session_id FROM refresh_tokens"
+                    " WHERE tenant_id = $1 AND token_hash = $2",
+                    scope.tenant_id,
+                    old_hash,
+                )
+                if row is None:
+                    raise AuthError("invalid refresh token")
+                session_id = scope.check(row)["session_id"]
+                await tx.execute(
+                    "UPDATE sessions SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2"
+                    " AND revoked_at IS NULL",
+                    scope.tenant_id,
+                    session_id,
+                    now,
+                )
+                srow = await tx.fetchrow(
+                    "SELECT * FROM sessions WHERE tenant_id = $1 AND id = $2",
+                    scope.tenant_id,
+                    session_id,
+                )
+                assert srow is not None
+                return Rotation(_session(scope.check(srow)), reused=True)
+            session_id = scope.check(won)["session_id"]
+            srow = await tx.fetchrow(
+                "SELECT * FROM sessions WHERE tenant_id = $1 AND id = $2",
+                scope.tenant_id,
+                session_id,
+            )
+            if srow is None:
+                raise AuthError("invalid refresh token")
+            session = _session(scope.check(srow))
+            if session.revoked_at is not None:
+                raise AuthError("session revoked", code=ErrorCode.REVOKED)
+            if session.expires_at <= now:
+                raise AuthError("session expired", code=ErrorCode.TOKEN_EXPIRED)
+            await tx.execute(
+                "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at)"
+                " VALUES ($1, $2, $3, $4)",
+                scope.tenant_id,
+                new_hash,
+                session_id,
+                now,
+            )
+            await tx.execute(
+                "UPDATE sessions SET last_used_at = $3 WHERE tenant_id = $1 AND id = $2",
+                scope.tenant_id,
+                session_id,
+                now,
+            )
+        return Rotation(session, reused=False)
+
+    async def get(self, scope: TenantScope, session_id: str) -> Session:
+        async with self._engine.transaction("session_get", tenant_id=scope.tenant_id) as tx:
+            row = await tx.fetchrow(
+                "SELECT * FROM sessions WHERE tenant_id = $1 AND id = $2",
+                scope.tenant_id,
+                session_id,
+            )
+        if row is None:
+            raise NotFoundError("no such session")
+        return _session(scope.check(row))
+
+    async def for_user(self, scope: TenantScope, user_id: str) -> list[Session]:
+        async with self._engine.transaction("session_list", tenant_id=scope.tenant_id) as tx:
+            rows = await tx.fetch(
+                "SELECT * FROM sessions WHERE tenant_id = $1 AND user_id = $2"
+                " ORDER BY created_at DESC",
+                scope.tenant_id,
+                user_id,
+            )
+        return [_session(row) for row in scope.check_all(rows)]
+
+    async def revoke(self, scope: TenantScope, session_id: str) -> bool:
+        async with self._engine.transaction(
+            "session_revoke", tenant_id=scope.tenant_id, write=True
+        ) as tx:
+            row = await tx.fetchrow(
+                "UPDATE sessions SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2"
+                " AND revoked_at IS NULL RETURNING id",
+                scope.tenant_id,
+                session_id,
+                now_ms(),
+            )
+        return row is not None

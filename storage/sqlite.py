@@ -1,0 +1,109 @@
+"""SQLite engine (the embedded default). Serves one process: one writer, one reader.
+
+WAL mode with ``synchronous=FULL`` so that a committed transaction survives a killed process
+and a power cut. Writes are serialised by a lock (SQLite allows one writer anyway); reads use
+a second connection and do not wait for writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from storage.engine import Dialect, Row
+
+_PARAM = re.compile(r"\$(\d+)")
+
+
+def _translate(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 - deliberate memo
+    translated = cache.get(sql)
+    if translated is None:
+        translated = cache[sql] = _PARAM.sub(r"?\1", sql)
+    return translated
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` to a path."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError("SQLite URLs look like sqlite:///path/to/file.db")
+    return Path(url[len("sqlite:///") :])
+
+
+class _SQLiteTx:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(_translate(sql), args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(_translate(sql), rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        async with self._conn.execute(_translate(sql), args) as cursor:
+            return list(await cursor.fetchall())  # type: ignore[arg-type]
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        async with self._conn.execute(_translate(sql), args) as cursor:
+            return await cursor.fetchone()  # type: ignore[return-value]
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchrow(sql, *args)
+        return None if row is None else row[0]  # type: ignore[index]
+
+    async def set_tenant(self, tenant_id: str | None) -> None:
+        # SQLite has no row-level security; scoped repositories filter and check rows.
+        return None
+
+
+class SQLiteEngine:
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        self.path = sqlite_path(url)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        self._reader = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    async def close(self) -> None:
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                await conn.close()
+        self._writer = self._reader = None
+
+    @asynccontextmanager
+    async def transaction(
+        self, name: str, *, tenant_id: str | None = None, write: bool = False
+    ) -> AsyncIterator[_SQLiteTx]:
+        conn, lock = (self._writer, self._write_lock) if write else (self._reader, self._read_lock)
+        if conn is None:
+            raise RuntimeError("engine is not open")
+        async with lock:
+            await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield _SQLiteTx(conn)
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")

@@ -1,0 +1,38 @@
+"""The Store: per-domain repositories over one engine. Code above this seam never asks
+which engine it has."""
+
+from __future__ import annotations
+
+from storage.channels import Channels
+from storage.crypto import MessageCipher
+from storage.engine import Engine, open_engine
+from storage.keys import MasterKeyring, TenantKeyStore
+from storage.messages import Messages
+from storage.migrations import check_version, migrate
+from storage.sessions import Sessions
+from storage.tenants import Tenants
+from storage.users import Users
+
+
+class Store:
+    def __init__(self, engine: Engine, cipher: MessageCipher) -> None:
+        self.engine = engine
+        self.cipher = cipher
+        self.tenants = Tenants(engine, cipher.keystore)
+        self.users = Users(engine)
+        self.channels = Channels(engine)
+        self.messages = Messages(engine, cipher)
+        self.sessions = Sessions(engine)
+
+    @classmethod
+    def from_url(cls, url: str, keyring: MasterKeyring, keystore: TenantKeyStore) -> Store:
+        return cls(open_engine(url), MessageCipher(keyring, keystore))
+
+    async def open(self, *, migrate_schema: bool = False) -> None:
+        await self.engine.open()
+        if migrate_schema:
+            await migrate(self.engine)
+        await check_version(self.engine)
+
+    async def close(self) -> None:
+        await self.engine.close()

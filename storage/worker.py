@@ -1,0 +1,89 @@
+"""The persistence worker: drains the broker's log into the store in batches.
+
+Group commit: whatever is waiting (up to ``max_batch``) is encrypted and written in one
+transaction, then marked done in the log. The log entry is acknowledged only after the
+commit, so a crash between the two replays the batch, and the idempotent insert keeps
+each message exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from storage.models import Message
+from storage.scope import TenantScope
+from storage.store import Store
+
+_log = logging.getLogger("baychat.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    entry_id: str
+    message: Message
+    origin: str  # the node whose client sent it, to route the ack
+
+
+class PersistenceLog(Protocol):
+    """The durable log as its consumer sees it.
+
+    ``read`` returns entries in append order per channel, at least once: an entry not marked
+    done is eventually returned again (to this or another worker). ``done`` must only be
+    called after the entries are committed to the store.
+    """
+
+    async def read(self, max_count: int, block_ms: int) -> list[LogEntry]: ...
+
+    async def done(self, entries: Sequence[LogEntry]) -> None: ...
+
+
+class PersistenceWorker:
+    def __init__(
+        self,
+        log: PersistenceLog,
+        store: Store,
+        scope_for: Callable[[str], TenantScope],
+        *,
+        max_batch: int = 1000,
+        block_ms: int = 1000,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._log = log
+        self._store = store
+        self._scope_for = scope_for
+        self._max_batch = max_batch
+        self._block_ms = block_ms
+        self._on_batch = on_batch
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while not self._stopping.is_set():
+            try:
+                entries = await self._log.read(self._max_batch, self._block_ms)
+                if entries:
+                    await self.persist(entries)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("persistence batch failed; retrying")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def persist(self, entries: Sequence[LogEntry]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._store.messages.insert_batch(
+            [(self._scope_for(e.message.tenant_id), e.message) for e in entries]
+        )
+        await self._log.done(entries)
+        if self._on_batch is not None:
+            self._on_batch(len(entries), loop.time() - started)
+
+    def stop(self) -> None:
+        self._stopping.set()
