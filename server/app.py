@@ -12,7 +12,8 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from protocol.codes import ErrorCode
-from protocol.errors import BayChatError
+from protocol.errors import AuthError, BayChatError
+from server import metrics
 from server.api import auth, channels, health
 from server.api.http import error_response, internal_error_response, json_response
 from server.api.schemas import ErrorBody, ErrorResponse
@@ -23,6 +24,8 @@ from server.runtime import Runtime
 
 async def _bay_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BayChatError)
+    if isinstance(exc, AuthError):
+        metrics.auth_failed(exc.code)
     return error_response(exc)
 
 
@@ -64,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/healthz", health.healthz),
             Route("/readyz", health.readyz),
+            Route("/metrics", health.metrics),
             Mount("/api/v1", routes=api),
             WebSocketRoute("/ws", websocket_endpoint),
         ],

@@ -62,6 +62,7 @@ def serve(host: str, port: int) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.wsprotocol import SocketProtocol
 
     settings = Settings.from_env()
     uvicorn.run(
@@ -70,6 +71,7 @@ def serve(host: str, port: int) -> None:
         port=port,
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,
+        ws=SocketProtocol,
         ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_timeout_s,
         proxy_headers=False,

@@ -45,6 +45,7 @@ class Settings:
     max_http_body_bytes: int = 65536
     max_subscriptions: int = 200
     send_queue_frames: int = 1024
+    send_buffer_bytes: int = 1_048_576  # unsent bytes per connection before slow consumer
     auth_timeout_s: float = 5.0
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
@@ -81,6 +82,7 @@ class Settings:
             max_http_body_bytes=_int("MAX_HTTP_BODY_BYTES", 65536),
             max_subscriptions=_int("MAX_SUBSCRIPTIONS", 200),
             send_queue_frames=_int("SEND_QUEUE_FRAMES", 1024),
+            send_buffer_bytes=_int("SEND_BUFFER_BYTES", 1_048_576),
             auth_timeout_s=_float("AUTH_TIMEOUT", 5.0),
             ping_interval_s=_float("PING_INTERVAL", 20.0),
             ping_timeout_s=_float("PING_TIMEOUT", 20.0),

@@ -19,9 +19,11 @@ from protocol import frames as f
 from protocol.codec import decode_client_frame, encode
 from protocol.codes import CloseCode, ErrorCode
 from protocol.errors import AuthError, BayChatError, ForbiddenError, ProtocolError
+from server import metrics
 from server.auth.principal import Principal
 from server.connection import Connection, Subscription
-from server.transport import AsgiTransport
+from server.transport import AsgiTransport, DirectTransport, SessionTransport
+from server.wsprotocol import EXTENSION
 from storage.models import Channel, Message
 
 if TYPE_CHECKING:
@@ -54,7 +56,13 @@ def _bearer(websocket: WebSocket) -> str | None:
 async def websocket_endpoint(websocket: WebSocket) -> None:
     runtime: Runtime = websocket.app.state.runtime
     await websocket.accept()
-    transport = AsgiTransport(websocket, runtime.settings.send_queue_frames)
+    settings = runtime.settings
+    sink = websocket.scope.get("extensions", {}).get(EXTENSION)
+    transport: SessionTransport
+    if sink is not None:
+        transport = DirectTransport(sink, settings.send_buffer_bytes)
+    else:
+        transport = AsgiTransport(websocket, settings.send_queue_frames)
     session = ClientSession(runtime, websocket, transport)
     try:
         await session.run()
@@ -63,7 +71,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 class ClientSession:
-    def __init__(self, runtime: Runtime, websocket: WebSocket, transport: AsgiTransport) -> None:
+    def __init__(self, runtime: Runtime, websocket: WebSocket, transport: SessionTransport) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.websocket = websocket
@@ -81,6 +89,7 @@ class ClientSession:
             return
         self.conn = Connection(self.transport, principal)
         self.runtime.node.hub.register(self.conn)
+        metrics.connection_opened(principal.kind)
         self._schedule_expiry(principal.expires_at)
         self._send(
             f.Ready(
@@ -109,9 +118,11 @@ class ClientSession:
             try:
                 frame = decode_client_frame(raw)
             except ProtocolError as exc:
+                metrics.auth_failed(ErrorCode.UNAUTHORIZED)
                 self._close(CloseCode.UNAUTHORIZED, f"first frame must be auth: {exc.code}")
                 return None
             if not isinstance(frame, f.Auth):
+                metrics.auth_failed(ErrorCode.UNAUTHORIZED)
                 self._close(CloseCode.UNAUTHORIZED, "first frame must be auth")
                 return None
             token = frame.token
@@ -119,6 +130,7 @@ class ClientSession:
         try:
             return auth.authenticate(token)
         except AuthError as exc:
+            metrics.auth_failed(exc.code)
             code = exc.wire.close_code or CloseCode.UNAUTHORIZED
             self._close(code, exc.message)
             return None
@@ -147,8 +159,11 @@ class ClientSession:
                     raise ProtocolError("binary frames are not part of protocol v1")
                 frame = decode_client_frame(raw)
                 request_id = frame.id
+                metrics.frame_in(str(frame.__struct_config__.tag))
                 await self._dispatch(frame)
             except BayChatError as exc:
+                if isinstance(exc, ProtocolError):
+                    metrics.frame_in("invalid")
                 self._error(exc, request_id)
             except Exception:
                 _log.exception("frame handling failed")
@@ -162,6 +177,7 @@ class ClientSession:
                 handle.cancel()
         conn = self.conn
         if conn is not None:
+            metrics.connection_closed(conn.principal.kind)
             node = self.runtime.node
             emptied = node.hub.unregister(conn)
             for tenant_id, channel_id in emptied:
@@ -179,6 +195,7 @@ class ClientSession:
     # -- helpers ------------------------------------------------------------------------
 
     def _send(self, frame: f.ServerFrame) -> None:
+        metrics.frame_out(str(frame.__struct_config__.tag))
         self.transport.send(encode(frame))
 
     def _close(self, code: CloseCode, reason: str) -> None:
@@ -254,6 +271,7 @@ class ClientSession:
                 f"body exceeds {self.settings.max_body_bytes} bytes", code=ErrorCode.TOO_LARGE
             )
         channel = await self._channel(frame.channel, "write")
+        accepted = time.monotonic()
         result = await self.runtime.chat.publish(
             self.principal, channel, frame.body, frame.client_msg_id
         )
@@ -262,6 +280,7 @@ class ClientSession:
         channel_name = channel.name
 
         def ack(message: Message) -> None:
+            metrics.acked(time.monotonic() - accepted)
             self._send(
                 f.Ack(
                     message_id=message.id,

@@ -6,10 +6,12 @@ without awaiting any socket.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from protocol.codec import encode
 from protocol.frames import MessageOut
+from server import metrics
 from server.connection import Connection
 from storage.models import Message
 
@@ -74,6 +76,8 @@ class Hub:
         for conn in list(members.values()):
             conn.deliver(channel_id, seq, data)
         self.deliveries += len(members)
+        # Counted once per fan-out, never per recipient.
+        metrics.delivered(len(members), max(time.time() - message.sent_at / 1000, 0.0))
 
     def deliver_ephemeral(self, key: ChannelKey, frame: bytes, origin: str) -> None:
         members = self._channels.get(key)
@@ -82,9 +86,19 @@ class Hub:
         for conn in list(members.values()):
             if conn.id != origin:
                 conn.send(frame)
+        metrics.frame_out(_frame_type(frame), len(members) - (origin in members))
 
     def connections(self) -> Iterator[Connection]:
         return iter(list(self._connections.values()))
 
     def __len__(self) -> int:
         return len(self._connections)
+
+
+def _frame_type(frame: bytes) -> str:
+    """The ``type`` of an encoded server frame: the codec always writes it first."""
+    head = b'{"type":"'
+    if not frame.startswith(head):
+        return ""
+    end = frame.find(b'"', len(head))
+    return frame[len(head) : end].decode() if end > 0 else ""

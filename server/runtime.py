@@ -7,6 +7,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from server import metrics
 from server.auth.authority import scope_for_system
 from server.auth.passwords import Passwords
 from server.auth.service import AuthService
@@ -80,12 +81,15 @@ class Runtime:
         )
         chat = Chat(store, broker, recovery_limit=settings.recovery_limit)
         runtime = cls(settings, store, broker, node, auth, chat)
+        metrics.watch_pending_acks(node.acks.pending)
         if settings.embedded_worker:
             runtime.start_worker(broker)  # type: ignore[arg-type]
         return runtime
 
     def start_worker(self, log: PersistenceLog) -> None:
-        self.worker = PersistenceWorker(log, self.store, scope_for_system)
+        self.worker = PersistenceWorker(
+            log, self.store, scope_for_system, on_batch=metrics.persisted_batch
+        )
         self.tasks.append(asyncio.create_task(self.worker.run(), name="persistence-worker"))
 
     async def stop(self) -> None:

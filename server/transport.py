@@ -1,7 +1,12 @@
-"""The ASGI WebSocket transport: a bounded send queue drained by one writer task.
+"""The transports a gateway session writes through, behind ``server.connection.Transport``.
 
-``send`` never awaits; the writer coalesces nothing at the ASGI level (each frame is one
-ASGI message) but keeps the hub's fan-out loop free of socket waits.
+* ``DirectTransport`` (served by ``server.wsprotocol.SocketProtocol``): frames each payload
+  once per fan-out, coalesces what one connection is sent in one loop iteration into one
+  socket write, and bounds the bytes the socket has not taken; no task per connection.
+* ``AsgiTransport``: the portable fallback for any ASGI server, a bounded send queue drained
+  by one writer task.
+
+``send`` never awaits in either; overflow closes the connection as a slow consumer.
 """
 
 from __future__ import annotations
@@ -9,11 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections import deque
+from typing import Protocol
 
 from starlette.websockets import WebSocket, WebSocketState
 
 from protocol.codes import CloseCode
+from server import metrics
+from server.wsprotocol import text_frame
 
 _log = logging.getLogger("baychat.transport")
 
@@ -47,6 +56,7 @@ class AsgiTransport:
             return
         self._closing = (code, reason)
         if code == CloseCode.SLOW_CONSUMER:
+            metrics.slow_consumer()
             # A slow consumer's backlog is dropped: it recovers with `since` on reconnect.
             self._queue.clear()
             self._task.cancel()
@@ -85,3 +95,150 @@ class AsgiTransport:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
+
+
+class SessionTransport(Protocol):
+    """What a gateway session needs of its transport, beyond ``Transport``."""
+
+    closed: asyncio.Event
+
+    @property
+    def close_code(self) -> CloseCode | None: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def close(self, code: CloseCode, reason: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class FrameSink(Protocol):
+    """The socket side of ``DirectTransport`` (``server.wsprotocol.SocketProtocol``)."""
+
+    def write_frames(self, data: bytes) -> bool: ...
+
+    def buffered(self) -> int: ...
+
+    def close_now(self, code: int, reason: str) -> None: ...
+
+
+_last_payload: bytes = b""
+_last_frame: bytes = text_frame(b"")
+
+
+def _framed(payload: bytes) -> bytes:
+    """``text_frame(payload)``, computed once per fan-out: the hub hands the same bytes
+    object to every subscriber in turn, so a one-entry cache keyed by identity frames each
+    message once however many sockets it goes to."""
+    global _last_payload, _last_frame
+    if payload is not _last_payload:
+        _last_frame = text_frame(payload)
+        _last_payload = payload
+    return _last_frame
+
+
+class _Flusher:
+    """Writes every connection's coalesced frames once per loop iteration."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[DirectTransport] = []
+
+    def add(self, transport: DirectTransport) -> None:
+        if not self._dirty:
+            self._loop.call_soon(self._flush)
+        self._dirty.append(transport)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for transport in dirty:
+            transport.flush()
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher() -> _Flusher:
+    loop = asyncio.get_running_loop()
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = _Flusher(loop)
+    return flusher
+
+
+class DirectTransport:
+    """Writes straight to the socket: no queue of ASGI messages, no writer task.
+
+    Frames sent during one loop iteration are joined into one write at its end. The bound
+    is on bytes: those waiting for the end of the iteration plus those the kernel has not
+    accepted. Past ``max_buffer_bytes`` the connection is closed as a slow consumer; its
+    buffer is dropped and the other subscribers are unaffected.
+    """
+
+    __slots__ = (
+        "_closing",
+        "_flusher",
+        "_max_buffer",
+        "_pending",
+        "_pending_bytes",
+        "_sink",
+        "closed",
+    )
+
+    def __init__(self, sink: FrameSink, max_buffer_bytes: int) -> None:
+        self._sink = sink
+        self._max_buffer = max_buffer_bytes
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._closing: tuple[CloseCode, str] | None = None
+        self._flusher = _flusher()
+        self.closed = asyncio.Event()
+
+    @property
+    def close_code(self) -> CloseCode | None:
+        return self._closing[0] if self._closing else None
+
+    def send(self, data: bytes) -> None:
+        if self._closing is not None:
+            return
+        frame = _framed(data)
+        if not self._pending:
+            self._flusher.add(self)
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+
+    def flush(self) -> None:
+        pending = self._pending
+        if not pending or self._closing is not None:
+            return
+        if self._pending_bytes + self._sink.buffered() > self._max_buffer:
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer full")
+            return
+        self._pending = []
+        self._pending_bytes = 0
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        if not self._sink.write_frames(data):
+            self._closing = (CloseCode.GOING_AWAY, "connection lost")
+            self.closed.set()
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        if self._closing is not None:
+            return
+        if code == CloseCode.SLOW_CONSUMER:
+            metrics.slow_consumer()
+            # A slow consumer's backlog is dropped: it recovers with `since` on reconnect.
+            self._pending = []
+            self._pending_bytes = 0
+        else:
+            self.flush()
+            if self._closing is not None:  # the flush overflowed: closed as slow consumer
+                return
+        self._closing = (code, reason)
+        self._sink.close_now(int(code), reason)
+        self.closed.set()
+
+    async def aclose(self) -> None:
+        self._pending = []
+        self._pending_bytes = 0

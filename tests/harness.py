@@ -22,6 +22,7 @@ from server.app import create_app
 from server.auth.authority import scope_for_operator
 from server.config import Settings
 from server.runtime import Runtime, make_passwords
+from server.wsprotocol import SocketProtocol
 from storage.models import Channel, Role, Tenant, User
 
 PASSWORD = "correct horse battery staple"
@@ -120,7 +121,10 @@ class LiveServer:
 
 
 @contextlib.asynccontextmanager
-async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+async def live_server(
+    settings: Settings, ws: type[asyncio.Protocol] | str = SocketProtocol
+) -> AsyncIterator[LiveServer]:
+    """``ws``: uvicorn's WebSocket protocol; the default is the one ``baychat serve`` runs."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -129,6 +133,7 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
         log_level="warning",
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,
+        ws=ws,
         lifespan="on",
     )
     server = uvicorn.Server(config)
