@@ -10,6 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from protocol.codes import ErrorCode
 from protocol.errors import AuthError, BayChatError
@@ -63,7 +65,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/channels/{name}/members", channels.add_member, methods=["POST"]),
         Route("/channels/{name}/messages", channels.list_messages, methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", health.healthz),
             Route("/readyz", health.readyz),
@@ -78,3 +80,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.middleware_stack = _websocket_first(app.build_middleware_stack())
+    return app
+
+
+def _websocket_first(stack: ASGIApp) -> ASGIApp:
+    """Hand ``/ws`` straight to the gateway, past the HTTP middleware and router: each of
+    their coroutine frames would otherwise stay alive for as long as the connection (tens
+    of thousands of mostly idle sockets), and none of them acts on a WebSocket."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            await websocket_endpoint(WebSocket(scope, receive, send))
+        else:
+            await stack(scope, receive, send)
+
+    return app

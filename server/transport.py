@@ -100,7 +100,10 @@ class AsgiTransport:
 class SessionTransport(Protocol):
     """What a gateway session needs of its transport, beyond ``Transport``."""
 
-    closed: asyncio.Event
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set once the close frame is on its way (or the peer is gone)."""
+        ...
 
     @property
     def close_code(self) -> CloseCode | None: ...
@@ -178,13 +181,13 @@ class DirectTransport:
     """
 
     __slots__ = (
+        "_closed",
         "_closing",
         "_flusher",
         "_max_buffer",
         "_pending",
         "_pending_bytes",
         "_sink",
-        "closed",
     )
 
     def __init__(self, sink: FrameSink, max_buffer_bytes: int) -> None:
@@ -194,7 +197,15 @@ class DirectTransport:
         self._pending_bytes = 0
         self._closing: tuple[CloseCode, str] | None = None
         self._flusher = _flusher()
-        self.closed = asyncio.Event()
+        self._closed: asyncio.Event | None = None  # made when someone waits: saves a deque
+
+    @property
+    def closed(self) -> asyncio.Event:
+        if self._closed is None:
+            self._closed = asyncio.Event()
+            if self._closing is not None:
+                self._closed.set()
+        return self._closed
 
     @property
     def close_code(self) -> CloseCode | None:
@@ -221,7 +232,8 @@ class DirectTransport:
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         if not self._sink.write_frames(data):
             self._closing = (CloseCode.GOING_AWAY, "connection lost")
-            self.closed.set()
+            if self._closed is not None:
+                self._closed.set()
 
     def close(self, code: CloseCode, reason: str) -> None:
         if self._closing is not None:
@@ -237,7 +249,8 @@ class DirectTransport:
                 return
         self._closing = (code, reason)
         self._sink.close_now(int(code), reason)
-        self.closed.set()
+        if self._closed is not None:
+            self._closed.set()
 
     async def aclose(self) -> None:
         self._pending = []
