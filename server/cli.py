@@ -57,7 +57,14 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(host: str, port: int) -> None:
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Server log level; `info` logs every WebSocket accepted.",
+)
+def serve(host: str, port: int, log_level: str) -> None:
     """Run the gateway (and, embedded, the persistence worker)."""
     import uvicorn
 
@@ -76,7 +83,7 @@ def serve(host: str, port: int) -> None:
         ws_ping_timeout=settings.ping_timeout_s,
         proxy_headers=False,
         server_header=False,
-        log_level="info",
+        log_level=log_level,
     )
 
 
