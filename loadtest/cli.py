@@ -86,6 +86,13 @@ def common(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Result directory (default loadtest-results/SCENARIO-TIME).",
         ),
         click.option("--live/--no-live", default=True, help="Live progress in the terminal."),
+        click.option(
+            "--server-pid",
+            type=int,
+            default=None,
+            help="Local server process to read CPU/memory from /proc instead of "
+            "/metrics (for servers without it).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -120,6 +127,7 @@ def _execute(scenario: str, build: Builder, params: dict[str, float], opts: dict
         warmup_s=opts["warmup"],
         duration_s=opts["duration"],
         drain_s=opts["drain"],
+        server_pid=opts["server_pid"],
     )
     runs: list[dict[str, Any]] = []
     api = Api(target)

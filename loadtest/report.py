@@ -87,6 +87,8 @@ def summarize_run(
         "errors": dict(errors),
         "closed": dict(closed),
         "server": _server(outcome, delivered),
+        # Other work on the host skews every figure: say how busy it was.
+        "host_load_average": os.getloadavg()[0],
     }
     if workload.mode == "storm":
         connects = sum(r.connected for r in results)
@@ -106,6 +108,7 @@ def _server(outcome: Outcome, delivered: int) -> dict[str, Any]:
         return {"available": False}
     cpu = b.cpu_s - a.cpu_s
     counted = b.deliveries - a.deliveries
+    # The server's own count covers exactly the window; without /metrics, the generator's.
     per = counted if counted > 0 else delivered
     return {
         "available": True,

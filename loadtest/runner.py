@@ -12,7 +12,7 @@ from typing import Any
 from loadtest import worker
 from loadtest.plan import Window, WorkerPlan, WorkerResult, Workload, split
 from loadtest.progress import Progress
-from loadtest.servermetrics import MetricsReader, ServerSample
+from loadtest.servermetrics import MetricsReader, ProcReader, ServerReader, ServerSample
 
 SAMPLE_EVERY_S = 1.0
 
@@ -28,6 +28,7 @@ class Timing:
     duration_s: float
     drain_s: float
     settle_s: float = 1.0
+    server_pid: int | None = None  # read the server's CPU/memory from /proc, not /metrics
 
 
 @dataclass(slots=True)
@@ -55,7 +56,9 @@ class Runner:
     def __init__(self, timing: Timing, progress: Progress) -> None:
         self.timing = timing
         self.progress = progress
-        self.metrics = MetricsReader(timing.http_url)
+        self.metrics: ServerReader = (
+            ProcReader(timing.server_pid) if timing.server_pid else MetricsReader(timing.http_url)
+        )
         self._ctx = multiprocessing.get_context("spawn")
         self._events: Any = self._ctx.Queue()
         self._controls: list[Any] = []

@@ -3,8 +3,11 @@ so that its CPU and memory per unit of work are measured from outside (remote ho
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -37,6 +40,12 @@ class ServerSample:
         )
 
 
+class ServerReader(Protocol):
+    def sample(self) -> ServerSample | None: ...
+
+    def close(self) -> None: ...
+
+
 class MetricsReader:
     """Scrapes ``{base_url}/metrics``; returns None when the server does not expose it."""
 
@@ -54,3 +63,26 @@ class MetricsReader:
 
     def close(self) -> None:
         self._client.close()
+
+
+class ProcReader:
+    """CPU and memory of a local server process from ``/proc``, for servers without
+    ``/metrics`` (e.g. to compare with an older build). Work counters read as zero."""
+
+    def __init__(self, pid: int) -> None:
+        self._stat = Path(f"/proc/{pid}/stat")
+        self._statm = Path(f"/proc/{pid}/statm")
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def sample(self) -> ServerSample | None:
+        try:
+            fields = self._stat.read_text().rsplit(")", 1)[1].split()
+            rss_pages = int(self._statm.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+        cpu = (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+        return ServerSample(time.monotonic(), cpu, rss_pages * self._page, 0, 0, 0, 0)
+
+    def close(self) -> None:
+        return None

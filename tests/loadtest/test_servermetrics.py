@@ -31,3 +31,15 @@ def test_parses_what_the_server_renders() -> None:
     sample = ServerSample.parse(metrics.render().decode(), at=0.0)
     assert sample.cpu_s > 0
     assert sample.rss_bytes > 0
+
+
+def test_proc_reader_reads_a_local_process() -> None:
+    import os
+
+    from loadtest.servermetrics import ProcReader
+
+    sample = ProcReader(os.getpid()).sample()
+    assert sample is not None
+    assert sample.cpu_s > 0
+    assert sample.rss_bytes > 1_000_000
+    assert ProcReader(2**22 + 1).sample() is None  # no such process
