@@ -160,7 +160,7 @@ class Runner:
         self.progress.set_phase("measuring")
         after = self._sample_at(window.stop)
         self.progress.set_phase("draining")
-        results = self._wait("result", t.drain_s + 120)
+        results = self._wait("result", t.drain_s + worker.SETTLE_MAX_S + 120)
         outcome = Outcome([e[2] for _, e in sorted(results.items())], window, before, after)
         outcome.peak_pending_acks = self._peak_pending
         return outcome

@@ -23,6 +23,8 @@ CONNECT_CONCURRENCY = 64
 STORM_CONCURRENCY = 256
 PROGRESS_EVERY_S = 0.5
 TIMEOUT_S = 15.0
+SETTLE_QUIET_S = 0.5
+SETTLE_MAX_S = 60.0
 
 
 def cpu_seconds() -> float:
@@ -166,6 +168,18 @@ class _Worker:
         await self.measure_cpu(window)
         await asyncio.gather(*publishers)
         await sleep_until(window.end)
+        await self.settle()
+
+    async def settle(self) -> None:
+        """After the drain, keep waiting while messages or acks still arrive: a message
+        that is late is slow, not lost (up to ``SETTLE_MAX_S``)."""
+        deadline = time.monotonic() + SETTLE_MAX_S
+        tracker = self.tracker
+        while time.monotonic() < deadline:
+            seen = (tracker.delivered, sum(len(a) for a in tracker.acked.values()))
+            await asyncio.sleep(SETTLE_QUIET_S)
+            if seen == (tracker.delivered, sum(len(a) for a in tracker.acked.values())):
+                return
 
     async def measure_cpu(self, window: Window) -> None:
         await sleep_until(window.measure)
