@@ -119,8 +119,8 @@ class Client(WSListener):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         tracker = self.tracker
+        code = self.close_code if self.close_code is not None else 1006
         if not self._closing:  # closes the generator asked for are not counted
-            code = self.close_code if self.close_code is not None else 1006
             tracker.closed[code] = tracker.closed.get(code, 0) + 1
         failure = ConnectError(f"closed {code}")
         for future in (self._ready, *self._waiting.values()):
