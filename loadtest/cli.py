@@ -7,6 +7,7 @@ Every scenario speaks only the public protocol: the HTTP API to log in and make 
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import click
 
 from loadtest import plots, report
+from loadtest.combine import combine
 from loadtest.credentials import Api, Credentials, Unsupported, provision_local
 from loadtest.progress import Progress
 from loadtest.runner import Runner, Timing
@@ -243,3 +245,16 @@ def provision(**opts: Any) -> None:
     creds = provision_local(opts["users"])
     creds.save(path)
     click.echo(f"{len(creds.users)} accounts of tenant {creds.tenant} -> {path}")
+
+
+@main.command("combine")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+def combine_command(results: tuple[Path, ...], out: Path) -> None:
+    """Merge result.json files of repeated runs into their per-step medians (+ plots)."""
+    docs = [json.loads(path.read_text()) for path in results]
+    doc = combine(docs)
+    result, summary = report.write(doc, out)
+    click.echo(f"result: {result}\nsummary: {summary}")
+    for png in plots.plot(doc, out):
+        click.echo(f"plot: {png}")
