@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Literal
 
 from protocol.errors import ForbiddenError, NotFoundError
@@ -13,6 +14,7 @@ from storage.store import Store
 
 Action = Literal["read", "history", "write", "presence"]
 IDEMPOTENCY_SEED = 1000
+KNOWN_CHANNELS = 10_000  # per process; a Channel record is a few hundred bytes
 
 
 class Chat:
@@ -20,6 +22,11 @@ class Chat:
         self.store = store
         self.broker = broker
         self.recovery_limit = recovery_limit
+        # Channel records never change once created (there is no rename, deletion or change
+        # of privacy), so a lookup by name is remembered: it was most of a publish's cost
+        # (docs/BENCHMARKS.md). Whoever adds such a change must call ``forget_channel``.
+        # Keys carry the verified tenant id; permission checks are never cached.
+        self._known: OrderedDict[tuple[str, str], Channel] = OrderedDict()
 
     async def channel(self, principal: Principal, name: str, action: Action) -> Channel:
         """The channel ``name`` if ``principal`` may do ``action`` on it.
@@ -28,7 +35,13 @@ class Chat:
         is reported exactly like one that does not exist.
         """
         scope = scope_for(principal)
-        channel = await self.store.channels.by_name(scope, name)
+        key = (principal.tenant_id, name)
+        channel = self._known.get(key)
+        if channel is None:
+            channel = await self.store.channels.by_name(scope, name)
+            self._known[key] = channel
+            if len(self._known) > KNOWN_CHANNELS:
+                self._known.popitem(last=False)
         if channel.private and not await self.store.channels.is_member(
             scope, channel.id, principal.id
         ):
@@ -36,6 +49,9 @@ class Chat:
         if principal.kind != "user":
             raise ForbiddenError("not allowed on this channel")
         return channel
+
+    def forget_channel(self, tenant_id: str, name: str) -> None:
+        self._known.pop((tenant_id, name), None)
 
     async def publish(
         self, principal: Principal, channel: Channel, body: str, client_msg_id: str | None

@@ -109,7 +109,9 @@ class ClientSession:
         token = _bearer(self.websocket)
         if token is None:
             try:
-                raw = await asyncio.wait_for(self._receive(), self.settings.auth_timeout_s)
+                # asyncio.timeout, not wait_for: no extra task per connection.
+                async with asyncio.timeout(self.settings.auth_timeout_s):
+                    raw = await self._receive()
             except TimeoutError:
                 self._close(CloseCode.AUTH_TIMEOUT, "no auth frame in time")
                 return None
@@ -188,8 +190,9 @@ class ClientSession:
                     await self._presence(conn, channel_id, joined=False)
         if self.transport.close_code is None:
             self.transport.close(CloseCode.GOING_AWAY, "connection closed")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.transport.closed.wait(), 1.0)
+        if not self.transport.closed.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.transport.closed.wait(), 1.0)
         await self.transport.aclose()
 
     # -- helpers ------------------------------------------------------------------------

@@ -175,9 +175,9 @@ class DirectTransport:
     """Writes straight to the socket: no queue of ASGI messages, no writer task.
 
     Frames sent during one loop iteration are joined into one write at its end. The bound
-    is on bytes: those waiting for the end of the iteration plus those the kernel has not
-    accepted. Past ``max_buffer_bytes`` the connection is closed as a slow consumer; its
-    buffer is dropped and the other subscribers are unaffected.
+    is on the bytes the kernel has not accepted: past ``max_buffer_bytes`` after a write,
+    the connection is closed as a slow consumer (the close frame follows what is already
+    buffered; frames not yet written are dropped) and the other subscribers are unaffected.
     """
 
     __slots__ = (
@@ -186,7 +186,6 @@ class DirectTransport:
         "_flusher",
         "_max_buffer",
         "_pending",
-        "_pending_bytes",
         "_sink",
     )
 
@@ -194,7 +193,6 @@ class DirectTransport:
         self._sink = sink
         self._max_buffer = max_buffer_bytes
         self._pending: list[bytes] = []
-        self._pending_bytes = 0
         self._closing: tuple[CloseCode, str] | None = None
         self._flusher = _flusher()
         self._closed: asyncio.Event | None = None  # made when someone waits: saves a deque
@@ -214,26 +212,28 @@ class DirectTransport:
     def send(self, data: bytes) -> None:
         if self._closing is not None:
             return
-        frame = _framed(data)
         if not self._pending:
             self._flusher.add(self)
-        self._pending.append(frame)
-        self._pending_bytes += len(frame)
+        self._pending.append(_framed(data))
 
     def flush(self) -> None:
         pending = self._pending
         if not pending or self._closing is not None:
             return
-        if self._pending_bytes + self._sink.buffered() > self._max_buffer:
+        if self._sink.buffered() > self._max_buffer:
+            # Still over the bound from an earlier write: the reader is not keeping up.
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer full")
             return
         self._pending = []
-        self._pending_bytes = 0
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         if not self._sink.write_frames(data):
             self._closing = (CloseCode.GOING_AWAY, "connection lost")
             if self._closed is not None:
                 self._closed.set()
+        elif self._sink.buffered() > self._max_buffer:
+            # What the kernel would not take stays in memory: past the bound, close (a
+            # healthy reader's burst goes to the kernel's socket buffer instead).
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer full")
 
     def close(self, code: CloseCode, reason: str) -> None:
         if self._closing is not None:
@@ -242,7 +242,6 @@ class DirectTransport:
             metrics.slow_consumer()
             # A slow consumer's backlog is dropped: it recovers with `since` on reconnect.
             self._pending = []
-            self._pending_bytes = 0
         else:
             self.flush()
             if self._closing is not None:  # the flush overflowed: closed as slow consumer
@@ -254,4 +253,3 @@ class DirectTransport:
 
     async def aclose(self) -> None:
         self._pending = []
-        self._pending_bytes = 0
