@@ -26,6 +26,9 @@ from storage.models import Channel, Role, Tenant, User
 
 PASSWORD = "correct horse battery staple"
 TIMEOUT = 5.0
+# The web app's origin in tests: on the server's WebSocket allowlist, and sent by `connect`
+# (like a browser) unless a test passes its own `origin=` (None: send no Origin at all).
+ORIGIN = "https://app.baychat.test"
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -34,6 +37,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         database_url=f"sqlite:///{data_dir / 'baychat.db'}",
         database_owner_url=f"sqlite:///{data_dir / 'baychat.db'}",
         keystore_dir=data_dir / "keys",
+        allowed_origins=(ORIGIN,),
     )
     return base.with_(**overrides) if overrides else base
 
@@ -99,6 +103,7 @@ class LiveServer:
 
     async def connect(self, token: str | None = None, **kwargs: Any) -> ClientConnection:
         kwargs.setdefault("close_timeout", 0.5)
+        kwargs.setdefault("origin", ORIGIN)
         ws = await websockets.connect(self.ws_url, open_timeout=TIMEOUT, **kwargs)
         self.clients.append(ws)
         if token is not None:
@@ -129,6 +134,8 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
         log_level="warning",
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,
+        ws_ping_interval=settings.ping_interval_s,
+        ws_ping_timeout=settings.ping_timeout_s,
         lifespan="on",
     )
     server = uvicorn.Server(config)
