@@ -136,6 +136,8 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_timeout_s,
+        server_header=False,
+        proxy_headers=False,  # as `baychat serve`: server.proxies decides whom to believe
         lifespan="on",
     )
     server = uvicorn.Server(config)
