@@ -109,7 +109,8 @@ async def test_hsts_only_over_tls(module_server: LiveServer, proxied: LiveServer
     # X-Forwarded-Proto from a peer that is not a trusted proxy means nothing
     assert "strict-transport-security" not in spoofed.headers
     hsts = behind_tls_proxy.headers["strict-transport-security"]
-    assert hsts.startswith("max-age=") and int(hsts.split("=")[1].split(";")[0]) >= 31536000
+    assert hsts.startswith("max-age=")
+    assert int(hsts.split("=")[1].split(";")[0]) >= 31536000
 
 
 async def test_request_ids_are_taken_from_trusted_proxies_only(

@@ -124,4 +124,5 @@ async def test_cookies_are_never_credentials(module_server: LiveServer) -> None:
         )
     assert answer.status_code == 401
     assert with_header.status_code == 200
-    assert "set-cookie" not in answer.headers and "set-cookie" not in with_header.headers
+    assert "set-cookie" not in answer.headers
+    assert "set-cookie" not in with_header.headers
