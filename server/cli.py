@@ -62,7 +62,7 @@ def serve(host: str, port: int) -> None:
     import uvicorn
 
     from server.app import create_app
-    from server.logs import logging_config
+    from server.logs import logging_config, uvicorn_level
 
     settings = Settings.from_env()
     uvicorn.run(
@@ -77,7 +77,7 @@ def serve(host: str, port: int) -> None:
         proxy_headers=False,
         server_header=False,
         log_config=logging_config(settings.log_format, settings.log_level),
-        log_level=settings.log_level.lower(),
+        log_level=uvicorn_level(settings.log_level),
         # server.middleware writes the access log (path without query string, request id).
         access_log=False,
     )

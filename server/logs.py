@@ -75,6 +75,14 @@ class StripQueryStrings(logging.Filter):
         return True
 
 
+class DropWireTraces(logging.Filter):
+    """uvicorn (and the websockets library through it) logs every header and frame at DEBUG:
+    Authorization headers, tokens and message bodies. Those lines never leave the process."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno < logging.INFO and record.name.startswith("uvicorn"))
+
+
 class RedactingJsonFormatter(JsonFormatter):
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
@@ -85,9 +93,15 @@ class RedactingTextFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+def uvicorn_level(level: str) -> str:
+    """uvicorn's own level: never below info (its debug output is wire traces)."""
+    return "info" if level.lower() in ("debug", "trace") else level.lower()
+
+
 def logging_config(log_format: str = "json", level: str = "info") -> dict[str, Any]:
     """A ``logging.config.dictConfig`` document for the server and uvicorn's own loggers."""
     level = level.upper()
+    quiet = uvicorn_level(level).upper()
     formatter: dict[str, Any]
     if log_format == "text":
         formatter = {
@@ -106,6 +120,7 @@ def logging_config(log_format: str = "json", level: str = "info") -> dict[str, A
         "filters": {
             "context": {"()": ContextFilter},
             "strip_query": {"()": StripQueryStrings},
+            "drop_wire": {"()": DropWireTraces},
         },
         "formatters": {"default": formatter},
         "handlers": {
@@ -113,14 +128,18 @@ def logging_config(log_format: str = "json", level: str = "info") -> dict[str, A
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stderr",
                 "formatter": "default",
-                "filters": ["context", "strip_query"],
+                "filters": ["drop_wire", "context", "strip_query"],
             }
         },
         "root": {"handlers": ["stderr"], "level": "WARNING"},
         "loggers": {
             "baychat": {"level": level},
-            "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
-            "uvicorn.error": {"level": level},
-            "uvicorn.access": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "uvicorn": {"handlers": ["stderr"], "level": quiet, "propagate": False},
+            "uvicorn.error": {"level": quiet},
+            "uvicorn.access": {
+                "handlers": ["stderr"],
+                "level": quiet,
+                "propagate": False,
+            },
         },
     }
