@@ -25,6 +25,13 @@ def decode_client_frame(data: str | bytes) -> ClientFrame:
         raise _classify(data, str(exc)) from None
     except msgspec.DecodeError:
         raise ProtocolError("frame is not a JSON object", code=ErrorCode.BAD_FRAME) from None
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _too_deep() -> ProtocolError:
+    # msgspec decodes nested JSON recursively; a deep enough nest exhausts the stack.
+    return ProtocolError("JSON is nested too deeply", code=ErrorCode.BAD_FRAME)
 
 
 def _classify(data: str | bytes, detail: str) -> ProtocolError:
@@ -32,6 +39,8 @@ def _classify(data: str | bytes, detail: str) -> ProtocolError:
         raw = _any_decoder.decode(data)
     except msgspec.DecodeError:
         return ProtocolError("frame is not a JSON object", code=ErrorCode.BAD_FRAME)
+    except RecursionError:
+        return _too_deep()
     if not isinstance(raw, dict):
         return ProtocolError("frame must be a JSON object", code=ErrorCode.BAD_FRAME)
     frame_type = raw.get("type")

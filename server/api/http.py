@@ -107,6 +107,8 @@ async def decode_body(request: Request, schema: type[T]) -> T:
         raise invalid_field(str(exc)) from None
     except msgspec.DecodeError:
         raise ProtocolError("body is not valid JSON") from None
+    except RecursionError:
+        raise ProtocolError("body JSON is nested too deeply") from None
 
 
 async def read_body(request: Request, schema: type[T]) -> T:
