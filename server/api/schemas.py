@@ -8,8 +8,11 @@ import msgspec
 
 from protocol.frames import ChannelName, HistoryLimit, Seq, whole
 
+# No "@", whitespace or control character in either part. Python's \s and ECMAScript's \s
+# (JSON Schema) disagree on a few code points; listing them makes both dialects agree.
+_EMAIL_PART = r"[^@\s\x00-\x1f\x7f-\x9f\ufeff]+"
 Email = Annotated[
-    str, msgspec.Meta(min_length=3, max_length=254, pattern=whole(r"[^@\s]+@[^@\s]+"))
+    str, msgspec.Meta(min_length=3, max_length=254, pattern=whole(f"{_EMAIL_PART}@{_EMAIL_PART}"))
 ]
 Slug = Annotated[
     str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[a-z0-9][a-z0-9-]*"))
