@@ -84,6 +84,23 @@ async def fresh_postgres() -> AsyncIterator[PostgresDatabase]:
         await admin.close()
 
 
+@contextlib.asynccontextmanager
+async def migrated_postgres() -> AsyncIterator[PostgresDatabase]:
+    """``fresh_postgres()`` with the schema migrated by the owner role, as `baychat migrate`
+    does it (the application role receives its grants)."""
+    from storage.engine import open_engine
+    from storage.migrations import migrate
+
+    async with fresh_postgres() as db:
+        engine = open_engine(db.owner_url)
+        await engine.open()
+        try:
+            await migrate(engine, app_role=db.app_role)
+        finally:
+            await engine.close()
+        yield db
+
+
 async def shared_redis_url() -> str:
     """The shared Redis; tests keep apart by using fresh tenant ids (every key carries one)."""
     import redis.asyncio as aioredis
