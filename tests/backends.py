@@ -24,6 +24,11 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("BAYCHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRED = os.environ.get("BAYCHAT_REQUIRE_BACKENDS") == "1"
 
+# A module opts into running once per store with ``pytestmark = on_every_store``: its
+# ``database`` fixture (tests/conftest.py), and so ``server`` and ``store``, take each value.
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+on_every_store = pytest.mark.parametrize("database", STORES, indirect=True, scope="module")
+
 
 def unavailable(what: str, why: object) -> None:
     message = f"{what} not reachable ({why})"

@@ -9,16 +9,13 @@ import pytest_asyncio
 from tests.backends import PostgresDatabase, migrated_postgres
 from tests.harness import LiveServer, live_server, make_settings
 
-# Every store-backed suite runs once per engine; the Postgres run skips without Postgres
-# (fails with BAYCHAT_REQUIRE_BACKENDS=1).
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=BACKENDS)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def database(request: pytest.FixtureRequest) -> AsyncIterator[PostgresDatabase | None]:
-    """The Postgres database of this module's ``postgres`` run (migrated once; tests keep
-    apart by fresh tenants), or None for the SQLite run (each test has its own file)."""
-    if request.param == "sqlite":
+    """The store under test: None for SQLite (the default; each test has its own file), or
+    the Postgres database of this module (migrated once; tests keep apart by fresh tenants)
+    for modules marked ``on_every_store`` (tests/backends.py)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
         yield None
         return
     async with migrated_postgres() as db:

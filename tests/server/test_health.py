@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from tests.backends import on_every_store
 from tests.harness import LiveServer
+
+pytestmark = on_every_store
 
 
 async def test_ready_when_store_and_broker_answer(server: LiveServer) -> None:

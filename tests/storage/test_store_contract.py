@@ -20,6 +20,9 @@ from storage.ids import new_id, now_ms
 from storage.models import Channel, Message, Tenant, User
 from storage.scope import TenantScope
 from storage.store import Store
+from tests.backends import on_every_store
+
+pytestmark = on_every_store
 
 DAY_MS = 24 * 3600 * 1000
 
