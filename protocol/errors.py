@@ -64,6 +64,7 @@ class BayChatError(Exception):
 class ProtocolError(BayChatError):
     code = ErrorCode.BAD_FRAME
     default_message = "malformed frame"
+    request_id: str | int | None = None  # the frame's `id`, when it could be read
 
     def __init__(
         self, message: str | None = None, *, code: ErrorCode | None = None, field: str | None = None

@@ -229,6 +229,8 @@ class ClientSession:
                 if self._strikes >= self.runtime.limiter.flood_strikes:
                     _log.warning("closing a flooding connection", extra={"event": "ws.flood"})
                     self._close(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
+            except ProtocolError as exc:
+                self._error(exc, request_id if request_id is not None else exc.request_id)
             except BayChatError as exc:
                 self._error(exc, request_id)
             except Exception:

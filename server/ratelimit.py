@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
 from protocol.errors import RateLimitedError, UnavailableError
 from server.config import Settings
@@ -99,10 +99,11 @@ class RateLimiter:
                 raise ValueError(f"BAYCHAT_{policy.setting.upper()}: bad rate {rate!r}") from None
         self._shared_storage = _open_storage(storage_url(settings), settings.rate_limit_prefix)
         self._local_storage = MemoryStorage()
-        # Shared budgets (logins, writes) use a sliding window: no double burst at a window
-        # edge. Per-connection budgets are checked on every frame, so they use the cheapest
-        # strategy (a fixed window, about a third of the cost in memory).
-        self._shared = SlidingWindowCounterRateLimiter(self._shared_storage)
+        # Shared budgets (logins, writes) use an exact moving window: no double burst at a
+        # window edge, and no approximation that lets an extra attempt through right after
+        # one. Per-connection budgets are checked on every frame, so they use the cheapest
+        # strategy: a fixed window that starts at the connection's first frame.
+        self._shared = MovingWindowRateLimiter(self._shared_storage)
         self._local = FixedWindowRateLimiter(self._local_storage)
         self.flood_strikes = settings.rate_flood_strikes
 

@@ -86,14 +86,14 @@ def principal_of(request: Request) -> Principal:
 
 async def decode_body(request: Request, schema: type[T]) -> T:
     limit = runtime_of(request).settings.max_http_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(f"body exceeds {limit} bytes", code=ErrorCode.TOO_LARGE)
     content_type = request.headers.get("content-type", "")
     if content_type.split(";", 1)[0].strip().lower() != JSON:
         raise ProtocolError(
             "request body must be application/json", code=ErrorCode.UNSUPPORTED_MEDIA_TYPE
         )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ProtocolError(f"body exceeds {limit} bytes", code=ErrorCode.TOO_LARGE)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

@@ -17,8 +17,10 @@ Email = Annotated[
 Slug = Annotated[
     str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[a-z0-9][a-z0-9-]*"))
 ]
-Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-OpaqueToken = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=whole(r"[^\x00]*"))]
+OpaqueToken = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=512, pattern=whole(r"[A-Za-z0-9._~-]+"))
+]
 
 _strict = {"forbid_unknown_fields": True}
 

@@ -34,9 +34,7 @@ def _login_statuses(gateways: list[ServeProcess], attempts: int) -> list[int]:
 
 def _connect_outcome(gateway: ServeProcess) -> str:
     """'accepted' (then closed for its bad token) or the error code of the first frame."""
-    with connect(
-        gateway.ws_url, additional_headers={"Authorization": "Bearer not-a-token"}
-    ) as ws:
+    with connect(gateway.ws_url, additional_headers={"Authorization": "Bearer not-a-token"}) as ws:
         try:
             frame = json.loads(ws.recv(5))
         except ConnectionClosed:
