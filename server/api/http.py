@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 from starlette.requests import HTTPConnection, Request
@@ -163,8 +163,3 @@ def error_response(exc: BayChatError, correlation_id: str = "") -> Response:
         retry_after=retry_after,
     )
     return json_response(ErrorResponse(body), status, headers)
-
-
-def error_document(code: ErrorCode, message: str, correlation_id: str) -> dict[str, Any]:
-    """An error body as a plain document (for responses built outside the handlers)."""
-    return {"error": {"code": code, "message": message, "correlation_id": correlation_id}}
