@@ -158,6 +158,11 @@ def _execute(scenario: str, build: Builder, params: dict[str, float], opts: dict
                 run = report.summarize_run(scenario, step, workload, outcome, timing)
                 runs.append(run)
                 progress.log(_line(run))
+                if run["errors"].get("rate_limited") or "4502" in run["closed"]:
+                    progress.log(
+                        "[yellow]the server rate-limited the generator[/]: run it with the "
+                        "limits of a benchmark server (docs/BENCHMARKS.md)"
+                    )
     finally:
         api.close()
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()}

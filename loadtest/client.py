@@ -15,7 +15,7 @@ from array import array
 from typing import Any
 
 import msgspec
-from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport, ws_connect
 
 from loadtest.stats import Recorder
 
@@ -184,8 +184,9 @@ class Client(WSListener):
         self.send(frame)
         return await asyncio.wait_for(future, timeout)
 
-    async def authenticate(self, token: str, timeout: float) -> dict[str, Any]:
-        self.send({"type": "auth", "token": token})
+    async def ready(self, timeout: float) -> dict[str, Any]:
+        """The server's ``ready`` (the token went in the handshake's Authorization header,
+        as the protocol asks of clients that are not browsers)."""
         return await asyncio.wait_for(self._ready, timeout)
 
     async def subscribe(self, channel: str, timeout: float) -> None:

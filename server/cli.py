@@ -15,7 +15,9 @@ from protocol.errors import BayChatError
 from server.auth.authority import scope_for_operator
 from server.auth.passwords import PasswordPolicyError
 from server.config import Settings
-from server.runtime import make_passwords, open_store
+from server.runtime import app_role, make_passwords, open_store
+from storage.engine import PrivilegedRoleError
+from storage.migrations import SchemaVersionError
 from storage.migrations import migrate as run_migrations
 from storage.models import PLANS, ROLES
 from storage.store import Store
@@ -34,10 +36,11 @@ def _run(work: Callable[[Store], Awaitable[T]], *, owner: bool = False) -> T:
     async def main() -> T:
         if settings.migrate_on_start or owner:
             owner_store = open_store(settings, owner=True)
-            await owner_store.open(migrate_schema=True)
+            await owner_store.open(migrate_schema=True, app_role=app_role(settings))
             await owner_store.close()
         store = open_store(settings, owner=owner)
-        await store.open()
+        # The owner's connection is the migrating one: only the application's is role-checked.
+        await store.open(migrate_schema=owner, app_role=app_role(settings))
         try:
             return await work(store)
         finally:
@@ -45,7 +48,7 @@ def _run(work: Callable[[Store], Awaitable[T]], *, owner: bool = False) -> T:
 
     try:
         return asyncio.run(main())
-    except (BayChatError, PasswordPolicyError) as exc:
+    except (BayChatError, PasswordPolicyError, PrivilegedRoleError, SchemaVersionError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -57,18 +60,12 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    help="Server log level; `info` logs every WebSocket accepted.",
-)
-def serve(host: str, port: int, log_level: str) -> None:
+def serve(host: str, port: int) -> None:
     """Run the gateway (and, embedded, the persistence worker)."""
     import uvicorn
 
     from server.app import create_app
+    from server.logs import logging_config, uvicorn_level
     from server.wsprotocol import SocketProtocol
 
     settings = Settings.from_env()
@@ -81,9 +78,13 @@ def serve(host: str, port: int, log_level: str) -> None:
         ws=SocketProtocol,
         ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_timeout_s,
+        # X-Forwarded-* are read by server.proxies, and only from BAYCHAT_TRUSTED_PROXIES.
         proxy_headers=False,
         server_header=False,
-        log_level=log_level,
+        log_config=logging_config(settings.log_format, settings.log_level),
+        log_level=uvicorn_level(settings.log_level),
+        # server.middleware writes the access log (path without query string, request id).
+        access_log=False,
     )
 
 
@@ -96,7 +97,7 @@ def migrate() -> None:
         store = open_store(settings, owner=True)
         await store.engine.open()
         try:
-            return await run_migrations(store.engine)
+            return await run_migrations(store.engine, app_role=app_role(settings))
         finally:
             await store.close()
 
@@ -180,7 +181,13 @@ def demo(slug: str) -> None:
         "\nLog in:\n  curl -s localhost:8000/api/v1/auth/login -H 'content-type: application/json'"
         f' -d \'{{"tenant": "{slug}", "email": "alice@example.com",'
         f' "password": "{password}"}}\'\n'
-        "then connect to ws://localhost:8000/ws and send"
-        ' {"type": "auth", "token": "<access_token>"}',
+        "then connect to ws://localhost:8000/ws with the header"
+        " 'Authorization: Bearer <access_token>' (clients that send no Origin must; a"
+        " browser page on BAYCHAT_ALLOWED_ORIGINS sends"
+        ' {"type": "auth", "token": "<access_token>"} instead)',
         err=True,
     )
+
+
+if __name__ == "__main__":
+    main()

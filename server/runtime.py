@@ -16,6 +16,8 @@ from server.broker.base import Broker, open_broker
 from server.chat import Chat, seed_source
 from server.config import Settings
 from server.node import Node, shutdown_connections
+from server.ratelimit import RateLimiter
+from storage.engine import database_user
 from storage.keys import MasterKeyring, TenantKeyStore
 from storage.store import Store
 from storage.worker import PersistenceLog, PersistenceWorker
@@ -40,6 +42,11 @@ def open_store(settings: Settings, *, owner: bool = False) -> Store:
     return Store.from_url(url, load_keyring(settings), TenantKeyStore(settings.keystore_dir))
 
 
+def app_role(settings: Settings) -> str | None:
+    """The role that migrations grant privileges to: the user of the application URL."""
+    return database_user(settings.database_url)
+
+
 def make_passwords(settings: Settings) -> Passwords:
     return Passwords(
         time_cost=settings.password_time_cost,
@@ -58,12 +65,15 @@ class Runtime:
     chat: Chat
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     worker: PersistenceWorker | None = None
+    limiter: RateLimiter = field(kw_only=True)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
+        limiter = RateLimiter(settings)  # first: a bad rate setting fails before any I/O
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if settings.migrate_on_start:
             owner_store = open_store(settings, owner=True)
-            await owner_store.open(migrate_schema=True)
+            await owner_store.open(migrate_schema=True, app_role=app_role(settings))
             await owner_store.close()
         store = open_store(settings)
         await store.open()
@@ -80,7 +90,7 @@ class Runtime:
             store, broker, make_passwords(settings), access, refresh_ttl_s=settings.refresh_ttl_s
         )
         chat = Chat(store, broker, recovery_limit=settings.recovery_limit)
-        runtime = cls(settings, store, broker, node, auth, chat)
+        runtime = cls(settings, store, broker, node, auth, chat, limiter=limiter)
         metrics.watch_pending_acks(node.acks.pending)
         if settings.embedded_worker:
             runtime.start_worker(broker)  # type: ignore[arg-type]
@@ -94,8 +104,9 @@ class Runtime:
 
     async def stop(self) -> None:
         await shutdown_connections(self.node, self.broker)
-        if self.worker is not None:
-            self.worker.stop()
+        if self.worker is not None and self.tasks:
+            # Whatever was published before shutdown is committed (and acked) first.
+            await self.worker.drain(self.tasks[0], timeout=10)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -103,3 +114,4 @@ class Runtime:
                 await task
         await self.broker.close()
         await self.store.close()
+        await self.limiter.close()

@@ -4,17 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loadtest.cli import main
-from tests.harness import PASSWORD, LiveServer
+from tests.harness import PASSWORD, LiveServer, live_server, make_settings
 
 RunLoadtest = Callable[..., Awaitable[tuple[int, dict[str, Any]]]]
+# A server set up for load, as docs/BENCHMARKS.md says: rate limits out of the way.
+UNLIMITED = {
+    "max_connections_per_user": 100_000,
+    **{
+        f"rate_{name}": "1000000/minute"
+        for name in (
+            "login_ip",
+            "login_account",
+            "login_account_ip",
+            "http_write",
+            "ws_connect",
+            "ws_frames",
+            "publish_connection",
+            "publish_user",
+        )
+    },
+}
 QUICK = ["--duration", "1", "--warmup", "0.5", "--drain", "2", "--no-live", "--processes", "1"]
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[LiveServer]:
+    async with live_server(make_settings(tmp_path, **UNLIMITED)) as live:
+        yield live
 
 
 @pytest.fixture
