@@ -220,19 +220,26 @@ def publish_prefix(channel: str) -> bytes:
 
 
 async def open_client(url: str, token: str, tracker: Tracker, timeout: float = 10.0) -> Client:
-    """Connect and authenticate; raise ``ConnectError`` if the server refuses."""
+    """Connect with the token in the handshake and wait for ``ready``; raise
+    ``ConnectError`` if the server refuses."""
     try:
         _, client = await ws_connect(
-            lambda: Client(tracker), url, websocket_handshake_timeout=timeout
+            lambda: Client(tracker),
+            url,
+            websocket_handshake_timeout=timeout,
+            extra_headers={"Authorization": f"Bearer {token}"},
         )
     except (TimeoutError, OSError) as exc:
         raise ConnectError(type(exc).__name__) from None
-    except Exception as exc:  # picows' handshake errors
+    except WSHandshakeError as exc:  # refused before the upgrade: say with which status
+        status = exc.response.status if exc.response is not None else "?"
+        raise ConnectError(f"handshake refused ({status})") from None
+    except Exception as exc:
         raise ConnectError(type(exc).__name__) from None
     assert isinstance(client, Client)
     try:
-        await client.authenticate(token, timeout)
+        await client.ready(timeout)
     except TimeoutError:
         client.close()
-        raise ConnectError("auth timeout") from None
+        raise ConnectError("no ready in time") from None
     return client
