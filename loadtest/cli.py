@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,16 @@ from loadtest.combine import combine
 from loadtest.credentials import Api, Credentials, Unsupported, provision_local
 from loadtest.progress import Progress
 from loadtest.runner import Runner, Timing
-from loadtest.scenarios import Builder, Context, agents, fanout, idle, persist, rooms, storm
+from loadtest.scenarios import (
+    Builder,
+    Context,
+    agents,
+    fanout,
+    idle,
+    persist,
+    rooms,
+    storm,
+)
 
 DEFAULT_CREDENTIALS = Path("loadtest-results/credentials.json")
 
@@ -55,13 +65,24 @@ def common(func: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Accounts to create when provisioning (connections share them).",
         ),
-        click.option("--processes", default=2, show_default=True, help="Load-generator processes."),
+        click.option(
+            "--processes",
+            default=2,
+            show_default=True,
+            help="Load-generator processes.",
+        ),
         click.option("--size", default=200, show_default=True, help="Message body bytes."),
         click.option(
-            "--duration", default=10.0, show_default=True, help="Measurement window, seconds."
+            "--duration",
+            default=10.0,
+            show_default=True,
+            help="Measurement window, seconds.",
         ),
         click.option(
-            "--warmup", default=2.0, show_default=True, help="Seconds of load before measuring."
+            "--warmup",
+            default=2.0,
+            show_default=True,
+            help="Seconds of load before measuring.",
         ),
         click.option(
             "--drain",
@@ -198,11 +219,15 @@ def _command(name: str, build: Builder, **knobs: tuple[float, str]) -> None:
         params = {key: float(opts.pop(key)) for key in knobs}
         _execute(name, build, params, opts)
 
-    command.__doc__ = build.__module__ and __import__(build.__module__, fromlist=["_"]).__doc__
+    command.__doc__ = sys.modules[build.__module__].__doc__
     wrapped = common(functools.wraps(command)(command))
     for key, (default, help_text) in reversed(knobs.items()):
         wrapped = click.option(
-            f"--{key.replace('_', '-')}", key, default=default, show_default=True, help=help_text
+            f"--{key.replace('_', '-')}",
+            key,
+            default=default,
+            show_default=True,
+            help=help_text,
         )(wrapped)
     main.command(name)(wrapped)
 

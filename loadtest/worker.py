@@ -152,7 +152,12 @@ class _Worker:
             await self.connect(self.plan.conns[opened:target])
             opened = max(opened, target)
             self.events.put(
-                ("reached", self.plan.index, self.result.connected, time.monotonic() - t0)
+                (
+                    "reached",
+                    self.plan.index,
+                    self.result.connected,
+                    time.monotonic() - t0,
+                )
             )
 
     # -- streaming ------------------------------------------------------------------------
@@ -160,10 +165,10 @@ class _Worker:
     async def stream(self, window: Window) -> None:
         self.tracker.window.measure = window.measure
         self.tracker.window.stop = window.stop
+        senders = [(s, c) for s, c in self.clients if s.publish is not None and s.rate > 0]
         publishers = [
-            asyncio.create_task(self.publish(spec, client, window))
-            for spec, client in self.clients
-            if spec.publish is not None and spec.rate > 0
+            asyncio.create_task(self.publish(spec, client, window, i / len(senders)))
+            for i, (spec, client) in enumerate(senders)
         ]
         await self.measure_cpu(window)
         await asyncio.gather(*publishers)
@@ -187,13 +192,13 @@ class _Worker:
         await sleep_until(window.stop)
         self.result.cpu_s = cpu_seconds() - before
 
-    async def publish(self, spec: ConnSpec, client: Client, window: Window) -> None:
+    async def publish(self, spec: ConnSpec, client: Client, window: Window, phase: float) -> None:
         """Open loop: every message is due at a fixed time; late ones go out at once."""
         assert spec.publish is not None
         prefix = publish_prefix(spec.publish)
         interval = int(1e9 / spec.rate)
-        # Spread publishers over the first interval so they do not all fire together.
-        due = window.start + (hash(spec.token + str(id(client))) % interval)
+        # Publishers are spread over one interval (``phase`` in [0, 1)), not all at once.
+        due = window.start + int(phase * interval)
         request_id = 0
         size = self.plan.body_size
         while due < window.stop:
