@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from loadtest.cli import main
+from tests.backends import PostgresDatabase
 from tests.harness import PASSWORD, LiveServer, live_server, make_settings
 
 RunLoadtest = Callable[..., Awaitable[tuple[int, dict[str, Any]]]]
@@ -35,8 +36,15 @@ QUICK = ["--duration", "1", "--warmup", "0.5", "--drain", "2", "--no-live", "--p
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[LiveServer]:
-    async with live_server(make_settings(tmp_path, **UNLIMITED)) as live:
+async def server(database: PostgresDatabase | None, tmp_path: Path) -> AsyncIterator[LiveServer]:
+    """As tests/conftest.py's, with the rate limits out of the way (SQLite, or the module's
+    Postgres database for modules marked ``on_every_store``)."""
+    settings = make_settings(tmp_path, **UNLIMITED)
+    if database is not None:
+        settings = settings.with_(
+            database_url=database.app_url, database_owner_url=database.owner_url
+        )
+    async with live_server(settings) as live:
         yield live
 
 

@@ -10,7 +10,11 @@ from typing import Any
 import pytest
 
 from server.connection import Connection
+from tests.backends import on_every_store
 from tests.loadtest.conftest import RunLoadtest, assert_every_acked_message_once, assert_well_formed
+
+# The load generator's own correctness, on each store the server can run with.
+pytestmark = on_every_store
 
 
 async def test_every_acked_message_reaches_every_subscriber_once(
