@@ -53,10 +53,19 @@ class Settings:
     password_memory_kib: int = 19456
     password_parallelism: int = 1
     node_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    key_reload_s: float = 10.0
+    backup_dir: Path | None = None  # BAYCHAT_BACKUP_DIR, else data_dir/backups
+    backup_key: str = ""  # BAYCHAT_BACKUP_KEY (base64), else data_dir/secrets/backup.key
+    backup_keep_days: int = 35
+    backup_database_url: str = ""  # pg_dump's connection (BYPASSRLS); default: owner URL
 
     @property
     def secrets_dir(self) -> Path:
         return self.data_dir / "secrets"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -88,6 +97,11 @@ class Settings:
             password_time_cost=_int("PASSWORD_TIME_COST", 2),
             password_memory_kib=_int("PASSWORD_MEMORY_KIB", 19456),
             password_parallelism=_int("PASSWORD_PARALLELISM", 1),
+            key_reload_s=_float("KEY_RELOAD_INTERVAL", 10.0),
+            backup_dir=Path(_env("BACKUP_DIR", str(data_dir / "backups"))),
+            backup_key=_env("BACKUP_KEY", ""),
+            backup_keep_days=_int("BACKUP_KEEP_DAYS", 35),
+            backup_database_url=_env("BACKUP_DATABASE_URL", ""),
         )
 
     def with_(self, **changes: object) -> Settings:

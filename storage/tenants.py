@@ -47,3 +47,8 @@ class Tenants:
         if row is None:
             raise NotFoundError("no such tenant")
         return _tenant(row)
+
+    async def all(self) -> list[Tenant]:
+        async with self._engine.transaction("tenant_list") as tx:
+            rows = await tx.fetch("SELECT * FROM tenants ORDER BY slug")
+        return [_tenant(row) for row in rows]

@@ -16,7 +16,7 @@ import json
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +25,79 @@ import jwt
 from protocol.codes import ErrorCode
 from protocol.errors import AuthError
 from server.auth.principal import Principal
-from storage.keys import write_secret_file
+from storage.keys import KeyringError, write_secret_file
 from storage.models import ROLES
 
 ALGORITHM = "HS256"
 _FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
+RETIRE_LEEWAY_S = 60  # clock skew between the nodes that sign and verify
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub", "tid", "sid", "typ", "role"]
 
 
 @dataclass(frozen=True, slots=True)
 class SigningKeys:
+    """Every key here verifies; one signs. A rotation adds a key that signs only from
+    ``pending_at`` on, so every gateway knows it before any token signed with it reaches
+    them; the replaced key keeps verifying until it is retired, which ``without`` allows
+    once the last token it signed has expired."""
+
     keys: dict[str, bytes]  # kid -> secret
     active: str
+    pending: str | None = None  # kid that takes over signing at pending_at
+    pending_at: float = 0.0
+    stopped: dict[str, float] = field(default_factory=dict)  # kid -> when it stopped signing
+
+    def current(self) -> str:
+        """The kid that signs now."""
+        if self.pending is not None and time.time() >= self.pending_at:
+            return self.pending
+        return self.active
+
+    def rotated(self, *, grace_s: float) -> SigningKeys:
+        if self.pending is not None and time.time() < self.pending_at:
+            raise KeyringError(f"key {self.pending} is already pending; wait until it signs")
+        signing = self.current()
+        kid = uuid.uuid4().hex[:12]
+        at = time.time() + grace_s
+        return SigningKeys(
+            {**self.keys, kid: secrets.token_bytes(32)},
+            signing,
+            kid,
+            at,
+            {**self.stopped, signing: at},
+        )
+
+    def without(self, kid: str, *, access_ttl_s: int) -> SigningKeys:
+        """Retire ``kid``: refused while it signs or while tokens it signed may be live."""
+        if kid not in self.keys:
+            raise KeyringError(f"JWT key {kid} is not in the key set")
+        if kid in (self.current(), self.pending):
+            raise KeyringError(f"JWT key {kid} signs new tokens; rotate first")
+        stopped = self.stopped.get(kid, 0.0)
+        wait = stopped + access_ttl_s + RETIRE_LEEWAY_S - time.time()
+        if wait > 0:
+            raise KeyringError(
+                f"tokens signed by {kid} may still be valid; retire it in {int(wait) + 1} s"
+            )
+        signing = self.current()
+        return SigningKeys(
+            {k: v for k, v in self.keys.items() if k != kid},
+            signing,
+            None if self.pending == signing else self.pending,
+            0.0 if self.pending == signing else self.pending_at,
+            {k: v for k, v in self.stopped.items() if k != kid},
+        )
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "active": self.active,
-                "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()},
-            }
-        ).encode()
+        doc: dict[str, Any] = {
+            "active": self.active,
+            "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()},
+        }
+        if self.pending is not None:
+            doc["pending"] = {"kid": self.pending, "at": self.pending_at}
+        if self.stopped:
+            doc["stopped"] = self.stopped
+        return json.dumps(doc).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> SigningKeys:
@@ -55,7 +108,16 @@ class SigningKeys:
         for kid, key in keys.items():
             if len(key) < 32:
                 raise ValueError(f"JWT key {kid} is shorter than 256 bits")
-        return cls(keys, str(doc["active"]))
+        pending = doc.get("pending")
+        if pending is not None and pending["kid"] not in keys:
+            raise ValueError("the pending JWT key id is not in the key set")
+        return cls(
+            keys,
+            str(doc["active"]),
+            None if pending is None else str(pending["kid"]),
+            0.0 if pending is None else float(pending["at"]),
+            {str(k): float(v) for k, v in doc.get("stopped", {}).items()},
+        )
 
     @classmethod
     def generate(cls) -> SigningKeys:
@@ -98,12 +160,8 @@ class AccessTokens:
             "exp": now + self.ttl_s,
             "jti": uuid.uuid4().hex,
         }
-        token = jwt.encode(
-            claims,
-            self.keys.keys[self.keys.active],
-            algorithm=ALGORITHM,
-            headers={"kid": self.keys.active},
-        )
+        kid = self.keys.current()
+        token = jwt.encode(claims, self.keys.keys[kid], algorithm=ALGORITHM, headers={"kid": kid})
         return IssuedToken(token, claims["exp"])
 
     def verify(self, token: str) -> Principal:
