@@ -13,7 +13,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 
 from protocol.codes import ErrorCode
 from protocol.errors import BayChatError
-from server.api import auth, channels, health
+from server.api import auth, channels, health, me
 from server.api.http import error_response, internal_error_response, json_response
 from server.api.schemas import ErrorBody, ErrorResponse
 from server.config import Settings
@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/channels", channels.create_channel, methods=["POST"]),
         Route("/channels/{name}/members", channels.add_member, methods=["POST"]),
         Route("/channels/{name}/messages", channels.list_messages, methods=["GET"]),
+        Route("/me/export", me.export, methods=["GET"]),
+        Route("/me", me.erase, methods=["DELETE"]),
     ]
     return Starlette(
         routes=[

@@ -177,5 +177,17 @@ def demo(slug: str) -> None:
     )
 
 
+def _register_operations() -> None:
+    from server.cli_ops import backup, keys, restore, tenant_delete
+
+    main.add_command(keys)
+    main.add_command(backup)
+    main.add_command(restore)
+    tenant.add_command(tenant_delete)
+
+
+_register_operations()
+
+
 if __name__ == "__main__":
     main()

@@ -80,3 +80,13 @@ class ErrorBody(msgspec.Struct):
 
 class ErrorResponse(msgspec.Struct):
     error: ErrorBody
+
+
+class EraseRequest(msgspec.Struct, **_strict):
+    password: Password
+
+
+class EraseResponse(msgspec.Struct):
+    erased: bool
+    messages_tombstoned: int
+    sessions_revoked: int
