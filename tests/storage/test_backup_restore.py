@@ -1,0 +1,155 @@
+"""Backup and restore round trip on real databases, the refusals, and the crypto-shredding
+proof: after a tenant is deleted, its messages in an older backup cannot be decrypted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from server.auth.authority import scope_for_operator
+from storage.backup import Manifest, take_backup
+from storage.backupfile import DamagedBackupError, WrongKeyError
+from storage.crypto import MessageCipher
+from storage.engine import Engine, open_engine
+from storage.erasure import Erasure, ErasureLedger
+from storage.keys import KeyUnavailableError, MasterKeyring
+from storage.restore import Verification, load_backup, verify
+from storage.snapshot import NotEmptyError, Snapshotter, snapshotter_for
+from storage.store import Store
+from tests.opsdata import keyring, sqlite_store, tenant_with_channel, write_messages
+
+KEY = os.urandom(32)
+
+
+@dataclass
+class Target:
+    url: str
+    snapshotter: Snapshotter
+    engine: Engine
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await sqlite_store(tmp_path / "live", keyring(1))
+    yield store
+    await store.close()
+
+
+def source(store: Store) -> Snapshotter:
+    return snapshotter_for(f"sqlite:///{store.engine.path}")
+
+
+def target(tmp_path: Path, name: str = "restored") -> Target:
+    url = f"sqlite:///{tmp_path / name / 'baychat.db'}"
+    return Target(url, snapshotter_for(url), open_engine(url))
+
+
+def restored_file_exists(into: Target) -> bool:
+    return Path(into.url.removeprefix("sqlite:///")).exists()
+
+
+async def restore(
+    backup: Path, into: Target, cipher: MessageCipher, key: bytes = KEY
+) -> tuple[Manifest, Verification]:
+    manifest = await load_backup(backup, key, into.snapshotter, into.engine.dialect)
+    await into.engine.open()
+    try:
+        return manifest, await verify(into.engine, cipher, manifest.facts)
+    finally:
+        await into.engine.close()
+
+
+async def test_round_trip_verifies_counts_heads_and_every_message(
+    store: Store, tmp_path: Path
+) -> None:
+    _, a = await tenant_with_channel(store)
+    _, b = await tenant_with_channel(store)
+    await write_messages(store, a, 40)
+    ring = store.cipher.keyring
+    store.cipher.use_keyring(MasterKeyring({**ring.keys, **keyring(2).keys}, 2))
+    await write_messages(store, a, 10, start=41)
+    await write_messages(store, b, 7)
+
+    backup = await take_backup(source(store), tmp_path / "backups", KEY)
+    assert backup.stat().st_mode & 0o777 == 0o600
+    into = target(tmp_path)
+    manifest, result = await restore(backup, into, store.cipher)
+
+    assert result.ok, result.problems
+    assert result.messages_decrypted == 57
+    facts = manifest.facts
+    assert facts.row_counts["messages"] == 57
+    assert facts.channel_heads == {a.id: 50, b.id: 7}
+    assert facts.key_versions == {1: 40, 2: 17}
+
+    with pytest.raises(NotEmptyError):
+        await load_backup(backup, KEY, into.snapshotter, "sqlite")
+
+
+async def test_damaged_or_foreign_backups_leave_the_target_untouched(
+    store: Store, tmp_path: Path
+) -> None:
+    _, channel = await tenant_with_channel(store)
+    await write_messages(store, channel, 5)
+    backup = await take_backup(source(store), tmp_path / "backups", KEY)
+    blob = bytearray(backup.read_bytes())
+    blob[len(blob) // 2] ^= 0x10
+    altered = tmp_path / "altered.bcbk"
+    altered.write_bytes(bytes(blob))
+    truncated = tmp_path / "truncated.bcbk"
+    truncated.write_bytes(backup.read_bytes()[:-100])
+    into = target(tmp_path)
+
+    for bad, key, error in (
+        (altered, KEY, DamagedBackupError),
+        (truncated, KEY, DamagedBackupError),
+        (backup, os.urandom(32), WrongKeyError),
+    ):
+        with pytest.raises(error):
+            await restore(bad, into, store.cipher, key)
+        assert not restored_file_exists(into)
+
+
+async def test_a_deleted_tenant_stays_unreadable_in_an_older_backup(
+    store: Store, tmp_path: Path
+) -> None:
+    doomed, a = await tenant_with_channel(store)
+    _, b = await tenant_with_channel(store)
+    await write_messages(store, a, 12)
+    await write_messages(store, b, 9)
+    backup = await take_backup(source(store), tmp_path / "backups", KEY)
+    # Keep a copy of the key store as an operator's key-store backup would, minus the
+    # deleted tenant (its key-store backups are pruned on their own schedule).
+    ledger = ErasureLedger(tmp_path / "live" / "keys" / "erasures.jsonl")
+    ledger.record("tenant", doomed.id)
+    store.cipher.keystore.destroy(doomed.id)
+    await Erasure(store.engine, store.cipher, ledger).purge_tenant(doomed.id)
+
+    into = target(tmp_path)
+    cipher = MessageCipher(store.cipher.keyring, store.cipher.keystore)
+    _, result = await restore(backup, into, cipher)
+
+    assert result.shredded_tenants == {doomed.id: 12}
+    assert result.messages_decrypted == 9
+    assert result.ok
+    await into.engine.open()
+    try:
+        async with into.engine.transaction("probe", tenant_id=doomed.id) as tx:
+            rows = await tx.fetch("SELECT * FROM messages WHERE tenant_id = $1", doomed.id)
+        assert len(rows) == 12
+        for row in rows:
+            with pytest.raises(KeyUnavailableError):
+                cipher.decrypt(doomed.id, row["channel_id"], row["id"], row["envelope"])
+        # The ledger then removes the deleted tenant's rows from the restored database.
+        done = await Erasure(into.engine, cipher, ledger).reapply(scope_for_operator)
+        assert done["tenants_purged"] == [doomed.id]
+        async with into.engine.transaction("probe") as tx:
+            assert await tx.fetchval("SELECT COUNT(*) FROM tenants") == 1
+    finally:
+        await into.engine.close()
+    shutil.rmtree(tmp_path / "restored")
