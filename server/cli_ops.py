@@ -38,7 +38,7 @@ from server.runtime import (
 from storage.backup import PREFIX, SUFFIX, read_manifest, take_backup
 from storage.backupfile import BackupError
 from storage.crypto import MessageCipher
-from storage.engine import open_engine
+from storage.engine import database_user, open_engine
 from storage.erasure import Erasure
 from storage.ids import now_ms
 from storage.keys import KeyringError, TenantKeyStore
@@ -77,7 +77,7 @@ def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
 
     async def main() -> T:
         store = open_store(settings, owner=True)
-        await store.open(migrate_schema=True)
+        await store.open(migrate_schema=True, app_role=database_user(settings.database_url))
         try:
             return await work(store)
         finally:
@@ -342,19 +342,11 @@ def keys_retire_jwt(kid: str) -> None:
 # -- backups ----------------------------------------------------------------------------
 
 
-def _app_role(url: str) -> str | None:
-    """The role a database URL logs in as: the one a restore grants privileges to."""
-    from urllib.parse import unquote, urlsplit
-
-    user = urlsplit(url).username
-    return unquote(user) if user and not url.startswith("sqlite:") else None
-
-
 def _snapshotter_for_source(settings: Settings) -> Snapshotter:
     return snapshotter_for(
         settings.database_owner_url,
         source_url=settings.backup_database_url or settings.database_owner_url,
-        app_role=_app_role(settings.database_url),
+        app_role=database_user(settings.database_url),
     )
 
 
@@ -450,7 +442,9 @@ def restore(file: Path, into: str | None, app_role: str | None, no_reapply_erasu
 
     async def work() -> RestoreReport:
         key = backup_key(settings, create=False)
-        snapshotter = snapshotter_for(target, app_role=app_role or _app_role(settings.database_url))
+        snapshotter = snapshotter_for(
+            target, app_role=app_role or database_user(settings.database_url)
+        )
         engine = open_engine(target)
         manifest = await load_backup(file, key, snapshotter, engine.dialect)
         cipher = MessageCipher(load_keyring(settings), TenantKeyStore(settings.keystore_dir))

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
-from storage.migrations import available, split_statements
+from storage.migrations import available, render, split_statements
 from storage.snapshot import NotEmptyError, SnapshotError, SnapshotFacts, identifier
 
 _RLS = re.compile(r"ALTER TABLE (\w+) (ENABLE|FORCE) ROW LEVEL SECURITY", re.IGNORECASE)
@@ -76,15 +76,14 @@ def expected_isolation() -> dict[str, set[str]]:
 
 def grant_statements(app_role: str) -> list[str]:
     """The privilege statements of every migration, for ``app_role``."""
-    quoted = '"' + app_role.replace('"', '""') + '"'
     statements = []
     for migration in available("postgres"):
-        for statement in split_statements(migration.sql):
+        for statement in split_statements(render(migration, app_role)):
             body = "\n".join(
                 line for line in statement.splitlines() if not line.strip().startswith("--")
             ).strip()
             if body.upper().startswith(("GRANT ", "REVOKE ")):
-                statements.append(body.replace("__APP_ROLE__", quoted))
+                statements.append(body)
     return statements
 
 

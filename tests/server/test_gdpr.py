@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from protocol.codes import CloseCode
+from protocol.errors import NotFoundError
+from server.auth.authority import scope_for_operator
 from storage.erasure import ERASED
+from tests.backends import on_every_store
 from tests.harness import (
     PASSWORD,
     LiveServer,
@@ -16,6 +21,8 @@ from tests.harness import (
     send,
     subscribe,
 )
+
+pytestmark = on_every_store
 
 
 def bearer(tokens: dict[str, str]) -> dict[str, str]:
@@ -104,11 +111,16 @@ async def test_erasure_revokes_closes_tombstones_and_forgets(server: LiveServer)
     assert [(m["sender"], m["body"]) for m in rows[1:4]] == [(ERASED, "")] * 3
     assert rows[0]["body"] == "before"
 
+    scope = scope_for_operator(tenant.id)
+    with pytest.raises(NotFoundError):
+        await server.runtime.store.users.by_email(scope, alice.email)
+    assert await server.runtime.store.sessions.for_user(scope, alice.id) == []
     await server.stop()
-    database = server.settings.data_dir / "baychat.db"
-    raw = database.read_bytes()
-    for pii in (alice.email.encode(), alice.id.encode(), alice.password_hash.encode()):
-        assert pii not in raw
+    if server.settings.database_url.startswith("sqlite"):
+        # secure_delete: the erased rows are overwritten in the file, not merely unlinked.
+        raw = (server.settings.data_dir / "baychat.db").read_bytes()
+        for pii in (alice.email.encode(), alice.id.encode(), alice.password_hash.encode()):
+            assert pii not in raw
     ledger = (server.settings.keystore_dir / "erasures.jsonl").read_text()
     assert alice.id in ledger
     assert alice.email not in ledger

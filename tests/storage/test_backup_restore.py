@@ -3,8 +3,8 @@ proof: after a tenant is deleted, its messages in an older backup cannot be decr
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,9 @@ from storage.keys import KeyUnavailableError, MasterKeyring
 from storage.restore import Verification, load_backup, verify
 from storage.snapshot import NotEmptyError, Snapshotter, snapshotter_for
 from storage.store import Store
-from tests.opsdata import keyring, sqlite_store, tenant_with_channel, write_messages
+from tests.backends import fresh_postgres
+from tests.opsdata import keyring, tenant_with_channel, write_messages
+from tests.storage.stores import opened_store
 
 KEY = os.urandom(32)
 
@@ -33,24 +35,47 @@ class Target:
     engine: Engine
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await sqlite_store(tmp_path / "live", keyring(1))
-    yield store
-    await store.close()
+@dataclass
+class Backend:
+    """A live store to back up, and empty targets to restore into, on one engine."""
+
+    name: str
+    store: Store
+    source: Snapshotter
+    owner_url: str
+    stack: contextlib.AsyncExitStack
+    tmp_path: Path
+
+    async def target(self) -> Target:
+        if self.name == "sqlite":
+            url = f"sqlite:///{self.tmp_path / 'restored' / 'baychat.db'}"
+            return Target(url, snapshotter_for(url), open_engine(url))
+        db = await self.stack.enter_async_context(fresh_postgres())
+        snapshotter = snapshotter_for(db.owner_url, app_role=db.app_role)
+        return Target(db.owner_url, snapshotter, open_engine(db.owner_url))
 
 
-def source(store: Store) -> Snapshotter:
-    return snapshotter_for(f"sqlite:///{store.engine.path}")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    async with contextlib.AsyncExitStack() as stack:
+        keys = tmp_path / "live" / "keys"
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'live' / 'baychat.db'}"
+            owner_url = app_url = backup_url = url
+        else:
+            db = await stack.enter_async_context(fresh_postgres())
+            owner_url, app_url, backup_url = db.owner_url, db.app_url, db.admin_url
+        store = await stack.enter_async_context(opened_store(owner_url, app_url, keys))
+        source = snapshotter_for(owner_url, source_url=backup_url)
+        yield Backend(request.param, store, source, owner_url, stack, tmp_path)
 
 
-def target(tmp_path: Path, name: str = "restored") -> Target:
-    url = f"sqlite:///{tmp_path / name / 'baychat.db'}"
-    return Target(url, snapshotter_for(url), open_engine(url))
-
-
-def restored_file_exists(into: Target) -> bool:
-    return Path(into.url.removeprefix("sqlite:///")).exists()
+async def is_empty(into: Target) -> bool:
+    try:
+        await into.snapshotter.check_empty()
+    except NotEmptyError:
+        return False
+    return True
 
 
 async def restore(
@@ -64,9 +89,8 @@ async def restore(
         await into.engine.close()
 
 
-async def test_round_trip_verifies_counts_heads_and_every_message(
-    store: Store, tmp_path: Path
-) -> None:
+async def test_round_trip_verifies_counts_heads_and_every_message(backend: Backend) -> None:
+    store, tmp_path = backend.store, backend.tmp_path
     _, a = await tenant_with_channel(store)
     _, b = await tenant_with_channel(store)
     await write_messages(store, a, 40)
@@ -75,9 +99,9 @@ async def test_round_trip_verifies_counts_heads_and_every_message(
     await write_messages(store, a, 10, start=41)
     await write_messages(store, b, 7)
 
-    backup = await take_backup(source(store), tmp_path / "backups", KEY)
+    backup = await take_backup(backend.source, tmp_path / "backups", KEY)
     assert backup.stat().st_mode & 0o777 == 0o600
-    into = target(tmp_path)
+    into = await backend.target()
     manifest, result = await restore(backup, into, store.cipher)
 
     assert result.ok, result.problems
@@ -87,23 +111,23 @@ async def test_round_trip_verifies_counts_heads_and_every_message(
     assert facts.channel_heads == {a.id: 50, b.id: 7}
     assert facts.key_versions == {1: 40, 2: 17}
 
+    assert await into.snapshotter.isolation_problems() == []
     with pytest.raises(NotEmptyError):
-        await load_backup(backup, KEY, into.snapshotter, "sqlite")
+        await load_backup(backup, KEY, into.snapshotter, into.engine.dialect)
 
 
-async def test_damaged_or_foreign_backups_leave_the_target_untouched(
-    store: Store, tmp_path: Path
-) -> None:
+async def test_damaged_or_foreign_backups_leave_the_target_untouched(backend: Backend) -> None:
+    store, tmp_path = backend.store, backend.tmp_path
     _, channel = await tenant_with_channel(store)
     await write_messages(store, channel, 5)
-    backup = await take_backup(source(store), tmp_path / "backups", KEY)
+    backup = await take_backup(backend.source, tmp_path / "backups", KEY)
     blob = bytearray(backup.read_bytes())
     blob[len(blob) // 2] ^= 0x10
     altered = tmp_path / "altered.bcbk"
     altered.write_bytes(bytes(blob))
     truncated = tmp_path / "truncated.bcbk"
     truncated.write_bytes(backup.read_bytes()[:-100])
-    into = target(tmp_path)
+    into = await backend.target()
 
     for bad, key, error in (
         (altered, KEY, DamagedBackupError),
@@ -112,25 +136,24 @@ async def test_damaged_or_foreign_backups_leave_the_target_untouched(
     ):
         with pytest.raises(error):
             await restore(bad, into, store.cipher, key)
-        assert not restored_file_exists(into)
+        assert await is_empty(into)
 
 
-async def test_a_deleted_tenant_stays_unreadable_in_an_older_backup(
-    store: Store, tmp_path: Path
-) -> None:
+async def test_a_deleted_tenant_stays_unreadable_in_an_older_backup(backend: Backend) -> None:
+    store, tmp_path = backend.store, backend.tmp_path
     doomed, a = await tenant_with_channel(store)
     _, b = await tenant_with_channel(store)
     await write_messages(store, a, 12)
     await write_messages(store, b, 9)
-    backup = await take_backup(source(store), tmp_path / "backups", KEY)
+    backup = await take_backup(backend.source, tmp_path / "backups", KEY)
     # Keep a copy of the key store as an operator's key-store backup would, minus the
     # deleted tenant (its key-store backups are pruned on their own schedule).
     ledger = ErasureLedger(tmp_path / "live" / "keys" / "erasures.jsonl")
     ledger.record("tenant", doomed.id)
     store.cipher.keystore.destroy(doomed.id)
-    await Erasure(store.engine, store.cipher, ledger).purge_tenant(doomed.id)
+    await purge(backend, doomed.id, ledger)
 
-    into = target(tmp_path)
+    into = await backend.target()
     cipher = MessageCipher(store.cipher.keyring, store.cipher.keystore)
     _, result = await restore(backup, into, cipher)
 
@@ -152,4 +175,13 @@ async def test_a_deleted_tenant_stays_unreadable_in_an_older_backup(
             assert await tx.fetchval("SELECT COUNT(*) FROM tenants") == 1
     finally:
         await into.engine.close()
-    shutil.rmtree(tmp_path / "restored")
+
+
+async def purge(backend: Backend, tenant_id: str, ledger: ErasureLedger) -> None:
+    """As `baychat tenant delete` does it: with the owner's connection."""
+    engine = open_engine(backend.owner_url)
+    await engine.open()
+    try:
+        await Erasure(engine, backend.store.cipher, ledger).purge_tenant(tenant_id)
+    finally:
+        await engine.close()

@@ -4,22 +4,32 @@ decrypt, rewrap converts everything, survives an interruption and a concurrent w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from storage.keys import MasterKeyring
+from storage.keys import MasterKeyring, TenantKeyStore
 from storage.rewrap import Rewrap, key_version_counts
 from storage.store import Store
-from tests.opsdata import bodies, keyring, sqlite_store, tenant_with_channel, write_messages
+from tests.backends import fresh_postgres
+from tests.opsdata import bodies, keyring, tenant_with_channel, write_messages
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await sqlite_store(tmp_path, keyring(1))
-    yield store
-    await store.close()
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh database per test (the counts below are global), opened by its owner as
+    `baychat keys rewrap` opens it."""
+    async with contextlib.AsyncExitStack() as stack:
+        owner_url, app_role = f"sqlite:///{tmp_path / 'baychat.db'}", None
+        if request.param == "postgres":
+            db = await stack.enter_async_context(fresh_postgres())
+            owner_url, app_role = db.owner_url, db.app_role
+        store = Store.from_url(owner_url, keyring(1), TenantKeyStore(tmp_path / "keys"))
+        await store.open(migrate_schema=True, app_role=app_role)
+        stack.push_async_callback(store.close)
+        yield store
 
 
 def rotate(store: Store) -> MasterKeyring:
