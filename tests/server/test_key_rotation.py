@@ -7,15 +7,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from pathlib import Path
 
 import jwt
 import pytest
 
 from protocol.codes import CloseCode
+from server.broker.base import ControlEvent
 from server.keyfiles import editing_jwt_keys, editing_master_keys, save_jwt_keys, save_master_keys
+from server.runtime import TENANT_DELETED
 from storage.keys import KeyringError
 from storage.rewrap import key_version_counts
-from tests.harness import LiveServer, assert_closed, expect, publish, send, subscribe
+from tests.harness import (
+    LiveServer,
+    assert_closed,
+    expect,
+    live_server,
+    make_settings,
+    publish,
+    send,
+    subscribe,
+)
 
 
 def kid_of(token: str) -> str:
@@ -77,3 +89,36 @@ async def test_jwt_rotation_old_tokens_verify_until_retired(server: LiveServer) 
     refused = await server.connect()
     await send(refused, {"type": "auth", "token": old_tokens["access_token"]})
     await assert_closed(refused, CloseCode.UNAUTHORIZED)
+
+
+async def test_a_running_server_polls_for_rotated_keys(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path, key_reload_s=0.05)) as server:
+        with editing_master_keys(server.settings) as ring:
+            save_master_keys(server.settings, ring.rotated(grace_s=60))
+        cipher = server.runtime.store.cipher
+        for _ in range(100):
+            if 2 in cipher.keyring.keys:
+                break
+            await asyncio.sleep(0.02)
+        assert set(cipher.keyring.keys) == {1, 2}
+        assert cipher.keyring.active == 1  # pending for a minute
+
+
+async def test_deleting_a_tenant_closes_its_sockets_and_forgets_its_keys(
+    server: LiveServer,
+) -> None:
+    doomed, other = await server.tenant(), await server.tenant()
+    alice, bob = await server.user(doomed), await server.user(other)
+    await server.channel(doomed, "general", alice)
+    await server.channel(other, "general", bob)
+    wa, wb = await server.session(doomed, alice), await server.session(other, bob)
+    await publish(wa, "general", "soon unreadable")
+    await publish(wb, "general", "unaffected")
+    runtime = server.runtime
+    assert runtime.keys is not None
+
+    runtime.store.cipher.keystore.destroy(doomed.id)  # as `baychat tenant delete` does first
+    assert runtime.keys.check() == [f"tenant-shredded:{doomed.id}"]
+    await runtime.broker.publish_control(ControlEvent(TENANT_DELETED, doomed.id, doomed.id))
+    await assert_closed(wa, CloseCode.REVOKED)
+    await publish(wb, "general", "still chatting")
