@@ -212,3 +212,7 @@ def demo(slug: str) -> None:
         ' {"type": "auth", "token": "<access_token>"}',
         err=True,
     )
+
+
+if __name__ == "__main__":
+    main()

@@ -155,6 +155,8 @@ class ClientSession:
                 request_id = frame.id
                 await self._recheck_principal()
                 await self._dispatch(frame)
+            except ProtocolError as exc:
+                self._error(exc, request_id if request_id is not None else exc.request_id)
             except BayChatError as exc:
                 self._error(exc, request_id)
             except Exception:

@@ -65,6 +65,7 @@ class Runtime:
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if settings.migrate_on_start:
             owner_store = open_store(settings, owner=True)
             await owner_store.open(migrate_schema=True)
@@ -105,8 +106,9 @@ class Runtime:
 
     async def stop(self) -> None:
         await shutdown_connections(self.node, self.broker)
-        if self.worker is not None:
-            self.worker.stop()
+        if self.worker is not None and self.tasks:
+            # Whatever was published before shutdown is committed (and acked) first.
+            await self.worker.drain(self.tasks[0], timeout=10)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
