@@ -63,7 +63,8 @@ class AgentAdmin:
         grants = normalise(scopes)
         token = new_agent_token()
         prefix, last_four = display_parts(token)
-        expires_at = None if expires_in_s is None else int(time.time() * 1000) + expires_in_s * 1000
+        # Whole seconds, like every other expiry on the wire.
+        expires_at = None if expires_in_s is None else (int(time.time()) + expires_in_s) * 1000
         record = await self.store.agents.issue_token(
             scope_for(principal),
             agent_id,

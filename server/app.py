@@ -16,6 +16,7 @@ from protocol.errors import BayChatError
 from server.api import agents, audit, auth, channels, health, sessions, users
 from server.api.http import error_response, internal_error_response, json_response
 from server.api.schemas import ErrorBody, ErrorResponse
+from server.auth import redaction
 from server.config import Settings
 from server.gateway import websocket_endpoint
 from server.runtime import Runtime
@@ -42,6 +43,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    redaction.install()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -62,15 +62,12 @@ async def _postgres(tmp_path: Path) -> AsyncIterator[Backend]:
     pytest.importorskip("storage.postgres", reason="the Postgres engine is not merged yet")
     import asyncpg
 
-    async with fresh_postgres() as db:
-        settings = make_settings(tmp_path).with_(
-            database_url=db.app_url, database_owner_url=db.owner_url
-        )
-        owner_store = open_store(settings, owner=True)
-        await owner_store.open(migrate_schema=True)
-        await owner_store.close()
-        store = open_store(settings)
-        await store.open()
+    from tests.storage.stores import opened_store  # type: ignore[import-not-found,unused-ignore]
+
+    async with (
+        fresh_postgres() as db,
+        opened_store(db.owner_url, db.app_url, tmp_path / "keys") as store,
+    ):
 
         async def tamper(tenant_id: str, statements: list[str]) -> None:
             owner = await asyncpg.connect(db.owner_url)
@@ -84,10 +81,7 @@ async def _postgres(tmp_path: Path) -> AsyncIterator[Backend]:
             finally:
                 await owner.close()
 
-        try:
-            yield Backend(store, tamper, db)
-        finally:
-            await store.close()
+        yield Backend(store, tamper, db)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
