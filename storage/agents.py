@@ -100,9 +100,8 @@ class Agents:
 
     async def create(self, scope: TenantScope, name: str, *, actor: Actor) -> Agent:
         agent = Agent(scope.tenant_id, new_id(), name, actor.id, now_ms(), None)
-        async with self._engine.transaction(
-            "agent_create", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("agent_create", scope) as act:
+            tx = act.tx
             taken = await tx.fetchval(
                 "SELECT 1 FROM agents WHERE tenant_id = $1 AND name = $2", scope.tenant_id, name
             )
@@ -117,9 +116,7 @@ class Agents:
                 agent.created_by,
                 agent.created_at,
             )
-            await self._audit.append(
-                tx,
-                scope,
+            act.state(
                 AuditRecord(actor, "agent.create", f"agent:{agent.id}", detail={"name": name}),
             )
         return agent
@@ -168,9 +165,8 @@ class Agents:
             expires_at,
             None,
         )
-        async with self._engine.transaction(
-            "agent_token_issue", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("agent_token_issue", scope) as act:
+            tx = act.tx
             agent = await self._get(tx, scope, agent_id)
             if agent.disabled_at is not None:
                 raise ConflictError("the agent is disabled; enable it first")
@@ -194,9 +190,7 @@ class Agents:
                 token_hash,
                 scope.tenant_id,
             )
-            await self._audit.append(
-                tx,
-                scope,
+            act.state(
                 AuditRecord(
                     actor,
                     "agent.token_create",
@@ -227,9 +221,8 @@ class Agents:
         self, scope: TenantScope, agent_id: str, token_id: str, *, actor: Actor
     ) -> bool:
         """Revoke one token; False if it already was revoked."""
-        async with self._engine.transaction(
-            "agent_token_revoke", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("agent_token_revoke", scope) as act:
+            tx = act.tx
             row = await tx.fetchrow(
                 "SELECT tenant_id, revoked_at FROM agent_tokens WHERE tenant_id = $1"
                 " AND agent_id = $2 AND id = $3",
@@ -241,6 +234,7 @@ class Agents:
                 raise NotFoundError("no such token")
             scope.check(row)
             if row["revoked_at"] is not None:
+                act.nothing_changed()
                 return False
             await tx.execute(
                 "UPDATE agent_tokens SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2",
@@ -248,9 +242,7 @@ class Agents:
                 token_id,
                 now_ms(),
             )
-            await self._audit.append(
-                tx,
-                scope,
+            act.state(
                 AuditRecord(
                     actor,
                     "agent.token_revoke",
@@ -264,9 +256,8 @@ class Agents:
         """The kill switch: disable the agent and revoke every live token of it, in one
         transaction. Returns the ids of the tokens it revoked."""
         now = now_ms()
-        async with self._engine.transaction(
-            "agent_kill", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("agent_kill", scope) as act:
+            tx = act.tx
             await self._get(tx, scope, agent_id)
             await tx.execute(
                 "UPDATE agents SET disabled_at = $3 WHERE tenant_id = $1 AND id = $2"
@@ -283,9 +274,7 @@ class Agents:
                 now,
             )
             revoked = sorted(row["id"] for row in scope.check_all(rows))
-            await self._audit.append(
-                tx,
-                scope,
+            act.state(
                 AuditRecord(
                     actor, "agent.kill", f"agent:{agent_id}", detail={"tokens_revoked": revoked}
                 ),
@@ -294,18 +283,15 @@ class Agents:
 
     async def enable(self, scope: TenantScope, agent_id: str, *, actor: Actor) -> Agent:
         """Re-enable a disabled agent. Its revoked tokens stay revoked."""
-        async with self._engine.transaction(
-            "agent_enable", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("agent_enable", scope) as act:
+            tx = act.tx
             agent = await self._get(tx, scope, agent_id)
             await tx.execute(
                 "UPDATE agents SET disabled_at = NULL WHERE tenant_id = $1 AND id = $2",
                 scope.tenant_id,
                 agent_id,
             )
-            await self._audit.append(
-                tx,
-                scope,
+            act.state(
                 AuditRecord(
                     actor,
                     "agent.enable",

@@ -1,13 +1,15 @@
-"""The audit log repository: appends inside the caller's transaction, reads per tenant.
+"""The audit log repository: privileged actions as audited transactions, and reads.
 
 Guarantees:
 
-* ``append`` writes in the transaction it is given, so an action and its entry commit or
-  roll back together. Repositories whose methods are privileged actions take an ``Actor``
-  and call ``append`` themselves; callers cannot forget the entry.
-* Appends of one tenant are serialised by the update of that tenant's ``audit_heads`` row
-  (a row lock in Postgres; SQLite serialises all writes), so ``seq`` is gap-free and each
-  ``prev_hash`` is the previous entry's hash.
+* ``action`` is a unit of work: one write transaction that first takes the tenant's chain
+  head (a row lock in Postgres; SQLite serialises all writes), then runs the action, then
+  appends the entry the action stated. The action and its entry commit or roll back
+  together. Privileged repository methods run inside ``action`` and take the acting
+  ``Actor``: callers cannot forget the entry.
+* Taking the head first serialises one tenant's privileged actions, so ``seq`` is
+  gap-free, each ``prev_hash`` is the previous entry's hash, invariants such as "a tenant
+  keeps an owner" cannot race, and two audited actions never wait on each other's rows.
 * The table is append-only: nothing here updates or deletes entries, and the database
   refuses it (triggers; in Postgres the application role holds only INSERT and SELECT).
 """
@@ -15,6 +17,7 @@ Guarantees:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from storage.auditchain import (
     GENESIS,
@@ -34,21 +37,25 @@ from storage.scope import TenantScope
 PAGE = 500
 
 
-async def append_entry(tx: Tx, tenant_id: str, record: AuditRecord) -> AuditEntry:
-    """Append ``record`` to ``tenant_id``'s chain inside ``tx`` (which must be scoped to
-    that tenant). Used directly only where no scope exists yet: a tenant's creation."""
+async def take_head(tx: Tx, tenant_id: str) -> Head:
+    """Lock ``tenant_id``'s chain head for the rest of ``tx`` and return it."""
     await tx.execute(
         "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, 0, $2)"
         " ON CONFLICT (tenant_id) DO NOTHING",
         tenant_id,
         GENESIS,
     )
-    head = await tx.fetchrow(
-        "UPDATE audit_heads SET seq = seq + 1 WHERE tenant_id = $1 RETURNING seq, hash",
-        tenant_id,
+    # A no-op update: it takes the row lock that serialises this tenant's appends.
+    row = await tx.fetchrow(
+        "UPDATE audit_heads SET seq = seq WHERE tenant_id = $1 RETURNING seq, hash", tenant_id
     )
-    assert head is not None
-    entry = seal(tenant_id, int(head["seq"]), new_id(), now_ms(), record, head["hash"])
+    assert row is not None
+    return Head(int(row["seq"]), row["hash"])
+
+
+async def write_entry(tx: Tx, tenant_id: str, head: Head, record: AuditRecord) -> AuditEntry:
+    """Append ``record`` after ``head`` (taken in this ``tx``) and move the head."""
+    entry = seal(tenant_id, head.seq + 1, new_id(), now_ms(), record, head.hash)
     await tx.execute(
         "INSERT INTO audit_log (tenant_id, seq, id, at, actor_kind, actor_id, action, target,"
         " ip, result, detail, prev_hash, hash)"
@@ -67,17 +74,55 @@ async def append_entry(tx: Tx, tenant_id: str, record: AuditRecord) -> AuditEntr
         entry.prev_hash,
         entry.hash,
     )
-    await tx.execute("UPDATE audit_heads SET hash = $2 WHERE tenant_id = $1", tenant_id, entry.hash)
+    await tx.execute(
+        "UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant_id = $1",
+        tenant_id,
+        entry.seq,
+        entry.hash,
+    )
     return entry
+
+
+async def append_entry(tx: Tx, tenant_id: str, record: AuditRecord) -> AuditEntry:
+    """Take the head and append in one step, inside ``tx`` (scoped to ``tenant_id``)."""
+    return await write_entry(tx, tenant_id, await take_head(tx, tenant_id), record)
+
+
+class Audited:
+    """The body of an audited action: its transaction, and the entry it states."""
+
+    __slots__ = ("record", "settled", "tx")
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+        self.record: AuditRecord | None = None
+        self.settled = False
+
+    def state(self, record: AuditRecord) -> None:
+        """What this action did; appended when the body ends."""
+        self.record, self.settled = record, True
+
+    def nothing_changed(self) -> None:
+        """The action found nothing to do (already revoked, already a member): no entry."""
+        self.record, self.settled = None, True
 
 
 class AuditLog:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    async def append(self, tx: Tx, scope: TenantScope, record: AuditRecord) -> AuditEntry:
-        """Append inside the caller's transaction (opened for ``scope``'s tenant)."""
-        return await append_entry(tx, scope.tenant_id, record)
+    @asynccontextmanager
+    async def action(self, name: str, scope: TenantScope) -> AsyncIterator[Audited]:
+        """A privileged action of ``scope``'s tenant as one audited write transaction. The
+        body must ``state`` its entry (or declare ``nothing_changed``)."""
+        async with self._engine.transaction(name, tenant_id=scope.tenant_id, write=True) as tx:
+            head = await take_head(tx, scope.tenant_id)
+            audited = Audited(tx)
+            yield audited
+            if not audited.settled:
+                raise RuntimeError(f"audited action {name} stated no audit entry")
+            if audited.record is not None:
+                await write_entry(tx, scope.tenant_id, head, audited.record)
 
     async def record(self, scope: TenantScope, record: AuditRecord) -> AuditEntry:
         """Append in a transaction of its own: for entries that accompany no write (a

@@ -87,9 +87,8 @@ class Channels:
         self, scope: TenantScope, channel_id: str, user_id: str, *, actor: Actor = OPERATOR
     ) -> bool:
         """Add a member (a permission change: audited); False if they already were one."""
-        async with self._engine.transaction(
-            "channel_add_member", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("channel_add_member", scope) as act:
+            tx = act.tx
             present = await tx.fetchval(
                 "SELECT 1 FROM channel_members WHERE tenant_id = $1 AND channel_id = $2"
                 " AND user_id = $3",
@@ -98,6 +97,7 @@ class Channels:
                 user_id,
             )
             if present:
+                act.nothing_changed()
                 return False
             await tx.execute(
                 "INSERT INTO channel_members (tenant_id, channel_id, user_id, added_at)"
@@ -107,9 +107,7 @@ class Channels:
                 user_id,
                 now_ms(),
             )
-            await self._audit.append(
-                tx,
-                scope,
+            act.state(
                 AuditRecord(
                     actor,
                     "channel.member_add",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from protocol.codes import ErrorCode
 from protocol.errors import AuthError, NotFoundError
-from storage.audit import AuditLog
+from storage.audit import AuditLog, take_head, write_entry
 from storage.auditchain import Actor, AuditRecord
 from storage.engine import Engine, Row, Tx
 from storage.ids import new_id, now_ms
@@ -139,6 +139,8 @@ class Sessions:
                 if row is None:
                     raise AuthError("invalid refresh token")
                 session_id = scope.check(row)["session_id"]
+                # The chain head first, as in every audited action (no lock-order cycles).
+                head = await take_head(tx, scope.tenant_id)
                 await tx.execute(
                     "UPDATE sessions SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2"
                     " AND revoked_at IS NULL",
@@ -146,9 +148,10 @@ class Sessions:
                     session_id,
                     now,
                 )
-                await self._audit.append(
+                await write_entry(
                     tx,
-                    scope,
+                    scope.tenant_id,
+                    head,
                     AuditRecord(
                         Actor("system", "refresh-reuse", ip),
                         "session.revoke_reused",
@@ -240,9 +243,8 @@ class Sessions:
     ) -> bool:
         """Revoke one of ``user_id``'s sessions; False if it was no longer live. A session
         of another user is reported as not found."""
-        async with self._engine.transaction(
-            "session_revoke", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("session_revoke", scope) as act:
+            tx = act.tx
             row = await tx.fetchrow(
                 "SELECT tenant_id, revoked_at FROM sessions WHERE tenant_id = $1 AND id = $2"
                 " AND user_id = $3",
@@ -253,6 +255,7 @@ class Sessions:
             if row is None:
                 raise NotFoundError("no such session")
             if scope.check(row)["revoked_at"] is not None:
+                act.nothing_changed()
                 return False
             await tx.execute(
                 "UPDATE sessions SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2",
@@ -260,20 +263,17 @@ class Sessions:
                 session_id,
                 now_ms(),
             )
-            await self._audit.append(tx, scope, AuditRecord(actor, action, f"session:{session_id}"))
+            act.state(AuditRecord(actor, action, f"session:{session_id}"))
         return True
 
     async def revoke_others(
         self, scope: TenantScope, user_id: str, *, keep: str, actor: Actor
     ) -> list[str]:
         """Revoke every live session of ``user_id`` except ``keep``; return their ids."""
-        async with self._engine.transaction(
-            "session_revoke_others", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("session_revoke_others", scope) as act:
+            tx = act.tx
             revoked = await revoke_user_sessions(tx, scope.tenant_id, user_id, keep=keep)
-            await self._audit.append(
-                tx,
-                scope,
+            act.state(
                 AuditRecord(
                     actor,
                     "session.revoke_others",

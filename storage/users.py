@@ -40,9 +40,8 @@ class Users:
     ) -> User:
         """Add a user to the tenant (a privileged action: audited)."""
         user = User(scope.tenant_id, new_id(), email, password_hash, role, False, now_ms())
-        async with self._engine.transaction(
-            "user_create", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("user_create", scope) as act:
+            tx = act.tx
             taken = await tx.fetchval(
                 "SELECT 1 FROM users WHERE tenant_id = $1 AND email = $2", scope.tenant_id, email
             )
@@ -59,9 +58,7 @@ class Users:
                 user.disabled,
                 user.created_at,
             )
-            await self._audit.append(
-                tx,
-                scope,
+            act.state(
                 AuditRecord(actor, "user.create", f"user:{user.id}", detail={"role": role}),
             )
         return user
@@ -105,15 +102,12 @@ class Users:
     async def set_role(self, scope: TenantScope, user_id: str, role: Role, *, actor: Actor) -> Role:
         """Change a user's role; return the previous one. A tenant keeps at least one enabled
         owner (ConflictError)."""
-        async with self._engine.transaction(
-            "user_set_role", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("user_set_role", scope) as act:
+            tx = act.tx
+            # Read under the chain head that `action` took: this tenant's privileged actions
+            # are serialised, so the owner count below cannot race another demotion.
             user = await self._get(tx, scope, user_id)
-            # The audit append comes first: it serialises this tenant's privileged actions,
-            # so the owner count below cannot race another demotion.
-            await self._audit.append(
-                tx,
-                scope,
+            act.state(
                 AuditRecord(
                     actor,
                     "user.role_change",
@@ -136,16 +130,13 @@ class Users:
     ) -> list[str]:
         """Disable (revoking every session) or re-enable a user; return the sessions
         revoked."""
-        async with self._engine.transaction(
-            "user_set_disabled", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("user_set_disabled", scope) as act:
+            tx = act.tx
             user = await self._get(tx, scope, user_id)
             revoked: list[str] = []
             if disabled:
                 revoked = await revoke_user_sessions(tx, scope.tenant_id, user_id)
-            await self._audit.append(
-                tx,
-                scope,
+            act.state(
                 AuditRecord(
                     actor,
                     "user.disable" if disabled else "user.enable",
@@ -173,9 +164,8 @@ class Users:
         actor: Actor,
     ) -> list[str]:
         """Set a new password hash and revoke every other session of the user."""
-        async with self._engine.transaction(
-            "user_change_password", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+        async with self._audit.action("user_change_password", scope) as act:
+            tx = act.tx
             await self._get(tx, scope, user_id)
             await tx.execute(
                 "UPDATE users SET password_hash = $3 WHERE tenant_id = $1 AND id = $2",
@@ -184,9 +174,7 @@ class Users:
                 password_hash,
             )
             revoked = await revoke_user_sessions(tx, scope.tenant_id, user_id, keep=keep_session)
-            await self._audit.append(
-                tx,
-                scope,
+            act.state(
                 AuditRecord(
                     actor,
                     "user.password_change",

@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from protocol.codes import CloseCode
+from tests.backends import POSTGRES_ADMIN_URL
 from tests.harness import LiveServer, assert_closed, expect, send, subscribe
 from tests.identity import admin, agent_token, bearer
 
@@ -63,6 +65,27 @@ def _data_files(root: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
 
 
+async def _postgres_rows(database_url: str) -> bytes:
+    """Every row of every table, read as the superuser (row-level security does not hide
+    anything from it)."""
+    import asyncpg
+
+    name = urlsplit(database_url).path.lstrip("/")
+    admin_db = await asyncpg.connect(POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name)
+    try:
+        tables = await admin_db.fetch(
+            "SELECT quote_ident(table_name) AS t FROM information_schema.tables"
+            " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+        )
+        dumped = [
+            str(await admin_db.fetch(f"SELECT x::text FROM {row['t']} x"))  # noqa: S608
+            for row in tables
+        ]
+    finally:
+        await admin_db.close()
+    return "\n".join(dumped).encode()
+
+
 async def test_tokens_never_reach_the_database_or_the_logs(
     server: LiveServer, all_logs: pytest.LogCaptureFixture
 ) -> None:
@@ -107,6 +130,9 @@ async def test_tokens_never_reach_the_database_or_the_logs(
     await server.stop()  # flush everything to the files
 
     stored = _data_files(server.settings.data_dir)
+    if server.settings.database_url.startswith("postgres"):
+        stored += await _postgres_rows(server.settings.database_url)
+    assert issued.token_id.encode() in stored  # the scan did see this test's rows
     logs = _log_text(all_logs)
     assert "refresh token reused" in logs  # the capture did see the server's logs
     for token in seen:

@@ -227,3 +227,53 @@ async def test_postgres_app_role_holds_only_insert_and_select(backend: Backend) 
     finally:
         await owner.close()
     assert await backend.store.audit.verify(scope_for_operator(tenant_id)) == (2, None)
+
+
+async def test_an_audited_action_must_state_its_entry(backend: Backend) -> None:
+    store = backend.store
+    tenant_id = await _tenant_with_entries(store, 1)
+    scope = scope_for_operator(tenant_id)
+    with pytest.raises(RuntimeError, match="stated no audit entry"):
+        async with store.audit.action("forgetful", scope) as act:
+            await act.tx.execute("UPDATE agents SET name = name WHERE tenant_id = $1", tenant_id)
+    agent = await store.agents.create(scope, "bot", actor=ADMIN)
+    await store.agents.kill(scope, agent.id, actor=ADMIN)
+    # Revoking what is already revoked changes nothing and records nothing.
+    token = await store.agents.issue_token(
+        scope,
+        (await store.agents.enable(scope, agent.id, actor=ADMIN)).id,
+        token_hash="0" * 64,
+        prefix="bay_0000",
+        last_four="0000",
+        scopes=(),
+        expires_at=None,
+        actor=ADMIN,
+    )
+    assert await store.agents.revoke_token(scope, agent.id, token.id, actor=ADMIN)
+    assert not await store.agents.revoke_token(scope, agent.id, token.id, actor=ADMIN)
+    actions = [e.action async for e in store.audit.entries(scope)]
+    assert actions[1:] == [
+        "agent.create",
+        "agent.kill",
+        "agent.enable",
+        "agent.token_create",
+        "agent.token_revoke",
+    ]
+    assert await store.audit.verify(scope) == (6, None)
+
+
+async def test_two_owners_demoting_each_other_at_once_leave_one_owner(backend: Backend) -> None:
+    store = backend.store
+    tenant_id = await _tenant_with_entries(store, 1)
+    scope = scope_for_operator(tenant_id)
+    a = await store.users.create(scope, "a@example.com", "x", "owner")
+    b = await store.users.create(scope, "b@example.com", "x", "owner")
+    results = await asyncio.gather(
+        store.users.set_role(scope, a.id, "admin", actor=Actor("user", b.id)),
+        store.users.set_role(scope, b.id, "admin", actor=Actor("user", a.id)),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results) == ["ConflictError", "str"]
+    roles = sorted(u.role for u in await store.users.for_tenant(scope))
+    assert roles == ["admin", "owner"]
+    assert (await store.audit.verify(scope))[1] is None
