@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from protocol.codes import ErrorCode
-from protocol.errors import ConflictError, ProtocolError
+from protocol.errors import ConflictError, NotFoundError, ProtocolError
 from server.audit import actor_of, refuse, require_admin, require_user
 from server.auth.authority import scope_for
 from server.auth.credentials import PRINCIPAL_CHANGED, PRINCIPAL_DISABLED, SESSION_REVOKED
@@ -40,7 +40,8 @@ class Accounts:
         require_user(principal)
         return await self.store.sessions.for_user(scope_for(principal), principal.id)
 
-    async def revoke_session(self, principal: Principal, session_id: str, ip: str) -> bool:
+    async def revoke_session(self, principal: Principal, session_id: str, ip: str) -> None:
+        """Revoke one of the caller's live sessions (any other id is not found)."""
         require_user(principal)
         revoked = await self.store.sessions.revoke(
             scope_for(principal),
@@ -48,9 +49,9 @@ class Accounts:
             user_id=principal.id,
             actor=actor_of(principal, ip),
         )
-        if revoked:
-            await self._revoked(principal.tenant_id, [session_id])
-        return revoked
+        if not revoked:
+            raise NotFoundError("no such session")
+        await self._revoked(principal.tenant_id, [session_id])
 
     async def revoke_others(self, principal: Principal, ip: str) -> list[str]:
         require_user(principal)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from protocol.codes import ErrorCode
 from protocol.errors import AuthError, NotFoundError
 from storage.audit import AuditLog, take_head, write_entry
-from storage.auditchain import Actor, AuditRecord
+from storage.auditchain import OPERATOR, Actor, AuditRecord
 from storage.engine import Engine, Row, Tx
 from storage.ids import new_id, now_ms
 from storage.models import Role, Session
@@ -237,32 +237,27 @@ class Sessions:
         scope: TenantScope,
         session_id: str,
         *,
-        user_id: str,
-        actor: Actor,
+        user_id: str | None = None,
+        actor: Actor = OPERATOR,
         action: str = "session.revoke",
     ) -> bool:
-        """Revoke one of ``user_id``'s sessions; False if it was no longer live. A session
-        of another user is reported as not found."""
+        """Revoke a live session (of ``user_id``, when given). False when there is no such
+        live session: missing, another user's or tenant's, or already revoked."""
         async with self._audit.action("session_revoke", scope) as act:
             tx = act.tx
             row = await tx.fetchrow(
-                "SELECT tenant_id, revoked_at FROM sessions WHERE tenant_id = $1 AND id = $2"
-                " AND user_id = $3",
+                "UPDATE sessions SET revoked_at = $4 WHERE tenant_id = $1 AND id = $2"
+                " AND user_id = COALESCE($3, user_id) AND revoked_at IS NULL"
+                " RETURNING tenant_id, id",
                 scope.tenant_id,
                 session_id,
                 user_id,
-            )
-            if row is None:
-                raise NotFoundError("no such session")
-            if scope.check(row)["revoked_at"] is not None:
-                act.nothing_changed()
-                return False
-            await tx.execute(
-                "UPDATE sessions SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2",
-                scope.tenant_id,
-                session_id,
                 now_ms(),
             )
+            if row is None:
+                act.nothing_changed()
+                return False
+            scope.check(row)
             act.state(AuditRecord(actor, action, f"session:{session_id}"))
         return True
 

@@ -10,7 +10,7 @@ CREATE TABLE agents (
 );
 ALTER TABLE agents ENABLE ROW LEVEL SECURITY;
 ALTER TABLE agents FORCE ROW LEVEL SECURITY;
-CREATE POLICY agents_tenant ON agents
+CREATE POLICY tenant_isolation ON agents
     USING (tenant_id = current_setting('app.tenant_id', true))
     WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
 GRANT SELECT, INSERT, UPDATE ON agents TO __APP_ROLE__;
@@ -31,17 +31,24 @@ CREATE TABLE agent_tokens (
 CREATE INDEX agent_tokens_agent ON agent_tokens (tenant_id, agent_id);
 ALTER TABLE agent_tokens ENABLE ROW LEVEL SECURITY;
 ALTER TABLE agent_tokens FORCE ROW LEVEL SECURITY;
-CREATE POLICY agent_tokens_tenant ON agent_tokens
+CREATE POLICY tenant_isolation ON agent_tokens
     USING (tenant_id = current_setting('app.tenant_id', true))
     WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
 GRANT SELECT, INSERT, UPDATE ON agent_tokens TO __APP_ROLE__;
 
--- Pre-authentication directory: which tenant a token digest belongs to. No user content,
--- so no row-level security: an unauthenticated lookup has no tenant to set yet.
+-- Pre-authentication directory: which tenant a token digest belongs to, and nothing else.
+-- Writes are confined to the transaction's tenant like everywhere else; reads are open by
+-- a second, named policy, because a token is looked up before any tenant is known.
 CREATE TABLE token_directory (
     token_hash  TEXT PRIMARY KEY,
     tenant_id   TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE
 );
+ALTER TABLE token_directory ENABLE ROW LEVEL SECURITY;
+ALTER TABLE token_directory FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON token_directory
+    USING (tenant_id = current_setting('app.tenant_id', true))
+    WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
+CREATE POLICY directory_lookup ON token_directory FOR SELECT USING (true);
 GRANT SELECT, INSERT ON token_directory TO __APP_ROLE__;
 
 -- The audit log: append-only, one hash chain per tenant (storage/auditchain.py).
@@ -64,7 +71,7 @@ CREATE TABLE audit_log (
 );
 ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE audit_log FORCE ROW LEVEL SECURITY;
-CREATE POLICY audit_log_tenant ON audit_log
+CREATE POLICY tenant_isolation ON audit_log
     USING (tenant_id = current_setting('app.tenant_id', true))
     WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
 GRANT SELECT, INSERT ON audit_log TO __APP_ROLE__;
@@ -89,7 +96,7 @@ CREATE TABLE audit_heads (
 );
 ALTER TABLE audit_heads ENABLE ROW LEVEL SECURITY;
 ALTER TABLE audit_heads FORCE ROW LEVEL SECURITY;
-CREATE POLICY audit_heads_tenant ON audit_heads
+CREATE POLICY tenant_isolation ON audit_heads
     USING (tenant_id = current_setting('app.tenant_id', true))
     WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
 GRANT SELECT, INSERT, UPDATE ON audit_heads TO __APP_ROLE__;
