@@ -50,12 +50,18 @@ async def read_body(request: Request, schema: type[T]) -> T:
         raise ProtocolError("body is not valid JSON") from None
 
 
-def authenticate(request: Request) -> Principal:
+async def authenticate(request: Request) -> Principal:
+    """The caller, from an ``Authorization: Bearer`` access token or agent token (never
+    from the URL)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("bearer token required")
-    return runtime_of(request).auth.authenticate(token.strip())
+    return await runtime_of(request).auth.authenticate(token.strip())
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else ""
 
 
 def error_response(exc: BayChatError) -> Response:

@@ -1,3 +1,0 @@
--- Postgres grants the application role what GDPR erasure needs (0002_erasure.postgres.sql);
--- SQLite has no roles. This file keeps the two schema versions in step.
-SELECT 1;
