@@ -114,7 +114,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         await engine.open()
         try:
             started = time.monotonic()
-            result = await verify(engine, MessageCipher(keyring, keystore), manifest.facts)
+            cipher = MessageCipher(keyring, keystore)
+            result = await verify(engine, cipher, manifest.facts, scope_for_operator)
             verified = time.monotonic() - started
         finally:
             await engine.close()

@@ -35,6 +35,7 @@ from server.runtime import (
     make_passwords,
     open_store,
 )
+from storage.auditchain import OPERATOR, AuditRecord
 from storage.backup import PREFIX, SUFFIX, read_manifest, take_backup
 from storage.backupfile import BackupError
 from storage.crypto import MessageCipher
@@ -44,7 +45,7 @@ from storage.ids import now_ms
 from storage.keys import KeyringError, TenantKeyStore
 from storage.restore import RestoreReport, load_backup, verify
 from storage.retention import prune
-from storage.rewrap import Rewrap, key_version_counts
+from storage.rewrap import Rewrap, key_version_counts, tenant_ids
 from storage.snapshot import NotEmptyError, SnapshotError, Snapshotter, snapshotter_for
 from storage.store import Store
 
@@ -84,6 +85,19 @@ def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
             await store.close()
 
     return _guard(lambda: asyncio.run(main()))
+
+
+async def _audit_everywhere(store: Store, action: str, target: str, detail: dict[str, Any]) -> None:
+    """A deployment-wide key event goes into every live tenant's audit chain: each tenant's
+    export shows its keys were rotated on schedule."""
+    for tenant_id in await tenant_ids(store.engine):
+        await store.audit.record(
+            scope_for_operator(tenant_id), AuditRecord(OPERATOR, action, target, detail=detail)
+        )
+
+
+def _audit(settings: Settings, action: str, target: str, detail: dict[str, Any]) -> None:
+    _with_store(settings, lambda store: _audit_everywhere(store, action, target, detail))
 
 
 def _grace(settings: Settings, grace: float | None) -> float:
@@ -158,6 +172,7 @@ def keys_rotate(grace: float | None) -> None:
     if settings.master_keys:
         ring = _guard(lambda: load_keyring(settings).rotated(grace_s=grace_s))
         assert ring.pending is not None
+        _audit(settings, "keys.rotate", f"master-key:v{ring.pending.version}", {"source": "env"})
         _note(
             "The master keys come from the environment. Deploy this value of"
             " BAYCHAT_MASTER_KEYS to every node before the activation time, then run"
@@ -180,6 +195,7 @@ def keys_rotate(grace: float | None) -> None:
         return {"version": ring.pending.version, "activates_at": _iso(ring.pending.at)}
 
     doc = _guard(work)
+    _audit(settings, "keys.rotate", f"master-key:v{doc['version']}", {"source": "file"})
     _note(f"Running servers load it within {settings.key_reload_s:g} s (or at once on SIGHUP).")
     _emit(doc)
 
@@ -201,6 +217,15 @@ def keys_rewrap(batch: int) -> None:
                 f" rewrapping to version {ring.active} now, run again after that"
             )
         rewrap = Rewrap(store.engine, store.cipher, batch_size=batch)
+
+        async def audit_rewrap(tenant_id: str, version: int, count: int) -> None:
+            await store.audit.record(
+                scope_for_operator(tenant_id),
+                AuditRecord(
+                    OPERATOR, "keys.rewrap", f"master-key:v{version}", detail={"messages": count}
+                ),
+            )
+
         total = await rewrap.remaining()
         with Progress(
             "[progress.description]{task.description}",
@@ -211,7 +236,7 @@ def keys_rewrap(batch: int) -> None:
             transient=True,
         ) as progress:
             task = progress.add_task(f"rewrap to v{ring.active}", total=total)
-            result = await rewrap.run(lambda n: progress.advance(task, n))
+            result = await rewrap.run(lambda n: progress.advance(task, n), audit_rewrap)
         return {
             "target_version": result.target,
             "rewrapped": result.rewrapped,
@@ -273,6 +298,7 @@ def keys_retire(version: int, ignore_backups: bool) -> None:
             _note(f"warning: could not read {len(unreadable)} backup(s): {', '.join(unreadable)}")
     if settings.master_keys:
         ring = _guard(lambda: load_keyring(settings).without(version))
+        _audit(settings, "keys.retire", f"master-key:v{version}", {"source": "env"})
         _note("Deploy this value of BAYCHAT_MASTER_KEYS to every node.")
         _emit({"retired": version, "BAYCHAT_MASTER_KEYS": ring.to_env()})
         return
@@ -282,6 +308,7 @@ def keys_retire(version: int, ignore_backups: bool) -> None:
             save_master_keys(settings, current.without(version))
 
     _guard(work)
+    _audit(settings, "keys.retire", f"master-key:v{version}", {"source": "file"})
     _emit({"retired": version})
 
 
@@ -294,6 +321,7 @@ def keys_rotate_jwt(grace: float | None) -> None:
     grace_s = _grace(settings, grace)
     if settings.jwt_keys:
         new = _guard(lambda: load_signing_keys(settings).rotated(grace_s=grace_s))
+        _audit(settings, "keys.rotate_jwt", f"jwt-key:{new.pending}", {"source": "env"})
         _note("The JWT keys come from the environment. Deploy this BAYCHAT_JWT_KEYS to every node.")
         _emit(
             {
@@ -315,7 +343,9 @@ def keys_rotate_jwt(grace: float | None) -> None:
             "previous_retirable_at": _iso(new.pending_at + settings.access_ttl_s + 60),
         }
 
-    _emit(_guard(work))
+    doc = _guard(work)
+    _audit(settings, "keys.rotate_jwt", f"jwt-key:{doc['kid']}", {"source": "file"})
+    _emit(doc)
 
 
 @keys.command("retire-jwt")
@@ -327,6 +357,7 @@ def keys_retire_jwt(kid: str) -> None:
         new = _guard(
             lambda: load_signing_keys(settings).without(kid, access_ttl_s=settings.access_ttl_s)
         )
+        _audit(settings, "keys.retire_jwt", f"jwt-key:{kid}", {"source": "env"})
         _note("Deploy this BAYCHAT_JWT_KEYS to every node.")
         _emit({"retired": kid, "BAYCHAT_JWT_KEYS": new.to_json().decode()})
         return
@@ -336,6 +367,7 @@ def keys_retire_jwt(kid: str) -> None:
             save_jwt_keys(settings, current.without(kid, access_ttl_s=settings.access_ttl_s))
 
     _guard(work)
+    _audit(settings, "keys.retire_jwt", f"jwt-key:{kid}", {"source": "file"})
     _emit({"retired": kid})
 
 
@@ -450,7 +482,7 @@ def restore(file: Path, into: str | None, app_role: str | None, no_reapply_erasu
         cipher = MessageCipher(load_keyring(settings), TenantKeyStore(settings.keystore_dir))
         await engine.open()
         try:
-            verification = await verify(engine, cipher, manifest.facts)
+            verification = await verify(engine, cipher, manifest.facts, scope_for_operator)
             verification.problems.extend(await snapshotter.isolation_problems())
             extra: dict[str, Any] = {"into": _redacted(target)}
             if not no_reapply_erasures:
@@ -517,7 +549,8 @@ def tenant_delete(slug: str, confirm: str, owner_stdin: bool) -> None:
         store.cipher.keystore.destroy(tenant.id)
         store.cipher.forget_tenant(tenant.id)
         await _announce(settings, tenant.id)
-        deleted = await Erasure(store.engine, store.cipher, ledger).purge_tenant(tenant.id)
+        erasure = Erasure(store.engine, store.cipher, ledger, store.audit)
+        deleted = await erasure.purge_tenant(scope)
         return {"deleted": slug, "tenant_id": tenant.id, "rows_deleted": deleted}
 
     _emit(_with_store(settings, work))

@@ -20,15 +20,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.errors import ConflictError, NotFoundError
+from storage.audit import AuditLog
+from storage.auditchain import OPERATOR, Actor, AuditRecord
 from storage.crypto import MessageCipher
 from storage.engine import Engine, Tx
 from storage.ids import now_ms
 from storage.scope import TenantScope
 
 ERASED = "erased"  # the sender of a tombstone; no user has this id
-# Children first, so the purge works with or without ON DELETE CASCADE.
-TENANT_TABLES = ("messages", "channel_members", "refresh_tokens", "sessions", "channels", "users")
+# Children first, so the purge works with or without ON DELETE CASCADE. The audit log and
+# its head stay: the chain is append-only, and the tenant row stays as its anchor, renamed
+# and marked deleted, with ``tenant.delete`` as the chain's last entry.
+TENANT_TABLES = (
+    "messages",
+    "channel_members",
+    "refresh_tokens",
+    "sessions",
+    "channels",
+    "token_directory",
+    "agent_tokens",
+    "agents",
+    "users",
+)
 _PAGE = 500
+RESTORE = Actor("operator", "restore")  # re-applying the erasure ledger after a restore
 
 
 @dataclass
@@ -69,21 +84,37 @@ class ErasureLedger:
 
 
 class Erasure:
-    def __init__(self, engine: Engine, cipher: MessageCipher, ledger: ErasureLedger) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cipher: MessageCipher,
+        ledger: ErasureLedger,
+        audit: AuditLog | None = None,
+    ) -> None:
         self._engine = engine
         self._cipher = cipher
         self.ledger = ledger
+        self._audit = audit or AuditLog(engine)
 
     async def erase_user(
-        self, scope: TenantScope, user_id: str, *, keep_an_owner: bool = True, record: bool = True
+        self,
+        scope: TenantScope,
+        user_id: str,
+        *,
+        actor: Actor,
+        keep_an_owner: bool = True,
+        record: bool = True,
     ) -> UserErasure:
-        """Erase a user in one transaction: tombstone their messages, delete their sessions
-        (and refresh tokens), memberships and profile. The ledger entry is written first: an
-        erasure that fails half-way is completed by the next restore rather than forgotten.
-        ``keep_an_owner`` refuses to erase a tenant's last owner (ConflictError)."""
+        """Erase a user in one audited transaction: tombstone their messages, delete their
+        sessions (and refresh tokens), memberships and profile, and hand what they created
+        to ``ERASED``. The ledger entry is written first: an erasure that fails half-way is
+        completed by the next restore rather than forgotten. ``keep_an_owner`` refuses to
+        erase a tenant's last owner (ConflictError). The audit entry names the user's id
+        only: no email, no address, no content."""
         tenant_id = scope.tenant_id
         result = UserErasure(tenant_id, user_id)
-        async with self._engine.transaction("user_erase", tenant_id=tenant_id, write=True) as tx:
+        async with self._audit.action("user_erase", scope) as act:
+            tx = act.tx
             user = await tx.fetchrow(
                 "SELECT tenant_id, id, role FROM users WHERE tenant_id = $1 AND id = $2",
                 tenant_id,
@@ -134,14 +165,28 @@ class Erasure:
                 tenant_id,
                 user_id,
             )
-            await tx.execute(
-                "UPDATE channels SET created_by = $3 WHERE tenant_id = $1 AND created_by = $2",
-                tenant_id,
-                user_id,
-                ERASED,
-            )
+            for table in ("channels", "agents", "agent_tokens"):
+                await tx.execute(
+                    f"UPDATE {table} SET created_by = $3"  # noqa: S608 - fixed names
+                    " WHERE tenant_id = $1 AND created_by = $2",
+                    tenant_id,
+                    user_id,
+                    ERASED,
+                )
             await tx.execute(
                 "DELETE FROM users WHERE tenant_id = $1 AND id = $2", tenant_id, user_id
+            )
+            act.state(
+                AuditRecord(
+                    Actor(actor.kind, actor.id),  # no address: the entry outlives the person
+                    "user.erase",
+                    f"user:{user_id}",
+                    detail={
+                        "messages_tombstoned": result.messages_tombstoned,
+                        "sessions_deleted": len(result.sessions_revoked),
+                        "memberships_removed": result.memberships_removed,
+                    },
+                )
             )
         return result
 
@@ -178,11 +223,14 @@ class Erasure:
             )
             total += len(rows)
 
-    async def purge_tenant(self, tenant_id: str) -> dict[str, int]:
-        """Delete every row of a tenant (its key material must already be destroyed); return
-        the rows deleted per table."""
+    async def purge_tenant(self, scope: TenantScope, *, actor: Actor = OPERATOR) -> dict[str, int]:
+        """Delete every row of a tenant (its key material must already be destroyed) and
+        close its audit chain with ``tenant.delete``; return the rows deleted per table. The
+        tenant row stays, renamed ``deleted-<id>`` and marked deleted, as the chain's anchor."""
+        tenant_id = scope.tenant_id
         deleted: dict[str, int] = {}
-        async with self._engine.transaction("tenant_purge", tenant_id=tenant_id, write=True) as tx:
+        async with self._audit.action("tenant_purge", scope) as act:
+            tx = act.tx
             for table in TENANT_TABLES:
                 deleted[table] = int(
                     await tx.fetchval(
@@ -191,7 +239,20 @@ class Erasure:
                     )
                 )
                 await tx.execute(f"DELETE FROM {table} WHERE tenant_id = $1", tenant_id)  # noqa: S608
-            await tx.execute("DELETE FROM tenants WHERE id = $1", tenant_id)
+            await tx.execute(
+                "UPDATE tenants SET slug = $2, deleted_at = $3 WHERE id = $1",
+                tenant_id,
+                f"deleted-{tenant_id}",
+                now_ms(),
+            )
+            act.state(
+                AuditRecord(
+                    Actor(actor.kind, actor.id),
+                    "tenant.delete",
+                    f"tenant:{tenant_id}",
+                    detail={"rows_deleted": deleted, "key_material": "destroyed"},
+                )
+            )
         self._cipher.forget_tenant(tenant_id)
         return deleted
 
@@ -205,16 +266,16 @@ class Erasure:
             tenant_id = entry["tenant_id"]
             if tenant_id not in present:
                 continue
+            scope = issue_scope(tenant_id)
             if entry["kind"] == "tenant":
                 self._cipher.keystore.destroy(tenant_id)
-                await self.purge_tenant(tenant_id)
+                await self.purge_tenant(scope, actor=RESTORE)
                 present.discard(tenant_id)
                 purged.append(tenant_id)
             elif entry["kind"] == "user":
-                scope = issue_scope(tenant_id)
                 try:
                     await self.erase_user(
-                        scope, entry["user_id"], keep_an_owner=False, record=False
+                        scope, entry["user_id"], actor=RESTORE, keep_an_owner=False, record=False
                     )
                 except NotFoundError:
                     await self.tombstone_messages(scope, entry["user_id"])
@@ -224,4 +285,5 @@ class Erasure:
 
     async def _tenants(self) -> set[str]:
         async with self._engine.transaction("erasure_tenants") as tx:
-            return {str(r["id"]) for r in await tx.fetch("SELECT id FROM tenants")}
+            rows = await tx.fetch("SELECT id FROM tenants WHERE deleted_at IS NULL")
+        return {str(r["id"]) for r in rows}

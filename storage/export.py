@@ -1,8 +1,9 @@
 """The GDPR export: everything the store holds about one user, and nothing about anyone else.
 
 What is included: the profile, every session (including revoked and expired ones, with the
-user agent and address they were opened from), channel memberships, the channels the user
-created, and every message the user wrote, decrypted. Other people appear only as what the
+user agent and address they were opened from), channel memberships, the channels and agents
+the user created, the audit entries of their own actions and of actions on them, and every
+message the user wrote, decrypted. Other people appear only as what the
 user's own records point at (a channel's name), never with their own data.
 """
 
@@ -57,6 +58,24 @@ async def export_user(
                 " WHERE tenant_id = $1 AND created_by = $2 ORDER BY name",
                 tenant_id,
                 user_id,
+            )
+        )
+        agents = scope.check_all(
+            await tx.fetch(
+                "SELECT tenant_id, id, name, created_at, disabled_at FROM agents"
+                " WHERE tenant_id = $1 AND created_by = $2 ORDER BY name",
+                tenant_id,
+                user_id,
+            )
+        )
+        audit = scope.check_all(
+            await tx.fetch(
+                "SELECT tenant_id, actor_kind, actor_id, action, target, ip, result, at"
+                " FROM audit_log WHERE tenant_id = $1 AND (actor_id = $2 OR target = $3)"
+                " ORDER BY seq",
+                tenant_id,
+                user_id,
+                f"user:{user_id}",
             )
         )
         names = {
@@ -138,5 +157,32 @@ async def export_user(
             }
             for c in created
         ],
+        "agents_created": [
+            {
+                "id": a["id"],
+                "name": a["name"],
+                "created_at": _iso(a["created_at"]),
+                "disabled_at": _iso(a["disabled_at"]),
+            }
+            for a in agents
+        ],
+        "audit_entries": [_audit_entry(e, user_id) for e in audit],
         "messages": messages,
+    }
+
+
+def _audit_entry(row: Any, user_id: str) -> dict[str, Any]:
+    """An audit entry by or about the user. Who else acted, on whom else, and from which
+    address someone else acted, is other people's data: left out."""
+    own = row["actor_id"] == user_id
+    target = str(row["target"])
+    return {
+        "at": _iso(row["at"]),
+        "action": row["action"],
+        "result": row["result"],
+        "by": "you" if own else row["actor_kind"],
+        "ip": row["ip"] if own else None,
+        "target": target
+        if target == f"user:{user_id}" or not target.startswith("user:")
+        else "another user",
     }

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storage.audit import AuditLog
 from storage.backup import Manifest, open_backup
 from storage.crypto import MessageCipher
 from storage.engine import Engine
 from storage.keys import KeyUnavailableError
 from storage.migrations import latest_version
 from storage.rewrap import tenant_ids
+from storage.scope import TenantScope
 from storage.snapshot import SnapshotError, SnapshotFacts, Snapshotter, identifier
 
 _PAGE = 1000
@@ -30,6 +33,7 @@ _PAGE = 1000
 class Verification:
     row_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # table -> expected/found
     messages_decrypted: int = 0
+    audit_entries_verified: int = 0
     shredded_tenants: dict[str, int] = field(default_factory=dict)  # tenant -> messages
     problems: list[str] = field(default_factory=list)
 
@@ -53,6 +57,7 @@ class RestoreReport:
             "schema_version": self.manifest.facts.schema_version,
             "row_counts": v.row_counts,
             "messages_decrypted": v.messages_decrypted,
+            "audit_entries_verified": v.audit_entries_verified,
             "shredded_tenants": v.shredded_tenants,
             "problems": v.problems,
             "seconds": round(self.seconds, 3),
@@ -82,9 +87,15 @@ async def load_backup(
     return manifest
 
 
-async def verify(engine: Engine, cipher: MessageCipher, facts: SnapshotFacts) -> Verification:
+async def verify(
+    engine: Engine,
+    cipher: MessageCipher,
+    facts: SnapshotFacts,
+    issue_scope: Callable[[str], TenantScope],
+) -> Verification:
+    """``issue_scope(tenant_id)``: the operator's scope, to read each audit chain."""
     result = Verification()
-    tenants = await tenant_ids(engine)
+    tenants = await tenant_ids(engine, include_deleted=True)
     tenant_tables = set(facts.tenant_tables)
     for table, expected in sorted(facts.row_counts.items()):
         found = await _count(engine, identifier(table), tenants if table in tenant_tables else None)
@@ -101,6 +112,13 @@ async def verify(engine: Engine, cipher: MessageCipher, facts: SnapshotFacts) ->
             )
         heads.update({str(r["channel_id"]): int(r["head"]) for r in rows})
         await _decrypt_all(engine, cipher, tenant_id, result)
+    if "audit_log" in facts.row_counts:
+        audit = AuditLog(engine)
+        for tenant_id in tenants:
+            checked, problem = await audit.verify(issue_scope(tenant_id))
+            result.audit_entries_verified += checked
+            if problem is not None:
+                result.problems.append(f"tenant {tenant_id}: audit chain: {problem.describe()}")
     if heads != facts.channel_heads:
         differing = sorted(set(heads.items()) ^ set(facts.channel_heads.items()))
         result.problems.append(

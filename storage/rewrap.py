@@ -10,7 +10,7 @@ an interrupted sweep has lost nothing, and running it again picks up what is lef
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from storage.crypto import MessageCipher
@@ -20,11 +20,12 @@ from storage.keys import KeyUnavailableError
 _log = logging.getLogger("baychat.rewrap")
 
 
-async def tenant_ids(engine: Engine) -> list[str]:
-    """Every tenant's id. The tenants table is the one directory every engine lets an
-    operator read without a tenant scope; every sweep goes through it."""
+async def tenant_ids(engine: Engine, *, include_deleted: bool = False) -> list[str]:
+    """Every (live) tenant's id. The tenants table is the one directory every engine lets
+    an operator read without a tenant scope; every sweep goes through it."""
+    where = "" if include_deleted else " WHERE deleted_at IS NULL"
     async with engine.transaction("tenant_ids") as tx:
-        rows = await tx.fetch("SELECT id FROM tenants ORDER BY id")
+        rows = await tx.fetch(f"SELECT id FROM tenants{where} ORDER BY id")  # noqa: S608
     return [str(row["id"]) for row in rows]
 
 
@@ -64,15 +65,23 @@ class Rewrap:
         counts = await key_version_counts(self._engine)
         return sum(n for version, n in counts.items() if version < target)
 
-    async def run(self, on_batch: Callable[[int], None] | None = None) -> RewrapResult:
+    async def run(
+        self,
+        on_batch: Callable[[int], None] | None = None,
+        on_tenant: Callable[[str, int, int], Awaitable[None]] | None = None,
+    ) -> RewrapResult:
         """Bring every readable message to the active version; ``on_batch(n)`` after each
-        committed batch of ``n`` rows."""
+        committed batch of ``n`` rows, ``on_tenant(tenant, target, n)`` after each tenant
+        that had ``n > 0`` rows rewrapped (the audit entry)."""
         result = RewrapResult(target=self._cipher.keyring.active)
         for tenant_id in await tenant_ids(self._engine):
             if not self._cipher.keystore.has(tenant_id):
                 result.shredded_tenants.append(tenant_id)
                 continue
             await self._tenant(tenant_id, result, on_batch)
+            done = result.by_tenant.get(tenant_id, 0)
+            if done and on_tenant is not None:
+                await on_tenant(tenant_id, result.target, done)
         return result
 
     async def _tenant(

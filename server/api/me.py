@@ -12,9 +12,11 @@ from protocol.errors import ForbiddenError
 from server.api.http import authenticate, json_response, read_body, runtime_of
 from server.api.schemas import EraseRequest, EraseResponse
 from server.auth.authority import scope_for
+from server.auth.credentials import PRINCIPAL_DISABLED, SESSION_REVOKED
 from server.auth.principal import Principal
 from server.broker.base import ControlEvent
 from server.keyfiles import erasure_ledger
+from storage.auditchain import Actor, AuditRecord
 from storage.erasure import Erasure
 from storage.export import export_user
 from storage.scope import TenantScope
@@ -24,17 +26,21 @@ SWEEP_AFTER_S = 2.0  # long enough for messages published just before to reach t
 _sweeps: set[asyncio.Task[None]] = set()
 
 
-def _user(request: Request) -> Principal:
-    principal = authenticate(request)
+async def _user(request: Request) -> Principal:
+    principal = await authenticate(request)
     if principal.kind != "user":
         raise ForbiddenError("only a user can export or erase their own data")
     return principal
 
 
 async def export(request: Request) -> Response:
-    principal = _user(request)
+    principal = await _user(request)
     store = runtime_of(request).store
-    doc = await export_user(store.engine, store.cipher, scope_for(principal), principal.id)
+    scope = scope_for(principal)
+    doc = await export_user(store.engine, store.cipher, scope, principal.id)
+    await store.audit.record(
+        scope, AuditRecord(Actor("user", principal.id), "user.export", f"user:{principal.id}")
+    )
     return json_response(
         doc,
         headers={
@@ -45,22 +51,23 @@ async def export(request: Request) -> Response:
 
 
 async def erase(request: Request) -> Response:
-    principal = _user(request)
+    principal = await _user(request)
     body = await read_body(request, EraseRequest)
     runtime = runtime_of(request)
     scope = scope_for(principal)
     user = await runtime.store.users.get(scope, principal.id)
     if not await runtime.auth.passwords.verify(user.password_hash, body.password):
         raise ForbiddenError("the password does not match")
-    erasure = Erasure(runtime.store.engine, runtime.store.cipher, erasure_ledger(runtime.settings))
-    result = await erasure.erase_user(scope, principal.id)
-    # Every node closes this user's sockets; no session of theirs exists any more.
+    store = runtime.store
+    erasure = Erasure(store.engine, store.cipher, erasure_ledger(runtime.settings), store.audit)
+    result = await erasure.erase_user(scope, principal.id, actor=Actor("user", principal.id))
+    # Every node closes this user's sockets and drops their cached credentials.
     await runtime.broker.publish_control(
-        ControlEvent("principal_disabled", principal.tenant_id, principal.id)
+        ControlEvent(PRINCIPAL_DISABLED, principal.tenant_id, principal.id)
     )
     for session_id in result.sessions_revoked:
         await runtime.broker.publish_control(
-            ControlEvent("session_revoked", principal.tenant_id, session_id)
+            ControlEvent(SESSION_REVOKED, principal.tenant_id, session_id)
         )
     _sweep_later(erasure, scope, principal.id)
     _log.info("user erased", extra={"event": "gdpr.erase", "tenant_id": principal.tenant_id})

@@ -8,3 +8,8 @@ GRANT DELETE ON users TO __APP_ROLE__;
 GRANT DELETE ON sessions TO __APP_ROLE__;
 GRANT DELETE ON refresh_tokens TO __APP_ROLE__;
 GRANT DELETE ON channel_members TO __APP_ROLE__;
+-- Agents and tokens the user created are handed to no one as well.
+GRANT UPDATE ON agent_tokens TO __APP_ROLE__;
+
+-- A deleted tenant's row stays, renamed, as the anchor of its append-only audit chain.
+ALTER TABLE tenants ADD COLUMN deleted_at BIGINT;

@@ -1,3 +1,3 @@
--- Postgres grants the application role what GDPR erasure needs (0003_erasure.postgres.sql);
--- SQLite has no roles. This file keeps the two schema versions in step.
-SELECT 1;
+-- A deleted tenant's row stays, renamed, as the anchor of its append-only audit chain.
+-- (Postgres also grants the application role what GDPR erasure needs.)
+ALTER TABLE tenants ADD COLUMN deleted_at BIGINT;

@@ -55,6 +55,8 @@ async def test_export_holds_the_callers_data_and_nobody_elses(server: LiveServer
     assert {s["user_agent"] for s in doc["sessions"]}
     assert {m["channel"] for m in doc["memberships"]} == {"secret"}
     assert {c["channel"] for c in doc["channels_created"]} == {"general", "secret"}
+    assert {e["action"] for e in doc["audit_entries"]} >= {"user.create"}
+    assert all(e["by"] != "you" or e["ip"] is not None for e in doc["audit_entries"])
     assert [(m["channel"], m["body"]) for m in doc["messages"]] == [
         ("general", "alice says hi"),
         ("secret", "alice's private note"),
@@ -112,14 +114,21 @@ async def test_erasure_revokes_closes_tombstones_and_forgets(server: LiveServer)
     assert rows[0]["body"] == "before"
 
     scope = scope_for_operator(tenant.id)
+    store = server.runtime.store
     with pytest.raises(NotFoundError):
-        await server.runtime.store.users.by_email(scope, alice.email)
-    assert await server.runtime.store.sessions.for_user(scope, alice.id) == []
+        await store.users.by_email(scope, alice.email)
+    assert await store.sessions.for_user(scope, alice.id) == []
+    entries = [e async for e in store.audit.entries(scope)]
+    erasure = entries[-1]
+    assert (erasure.action, erasure.target, erasure.ip) == ("user.erase", f"user:{alice.id}", "")
+    assert alice.email not in json.dumps(erasure.detail)
+    assert erasure.detail["messages_tombstoned"] == 3
     await server.stop()
     if server.settings.database_url.startswith("sqlite"):
         # secure_delete: the erased rows are overwritten in the file, not merely unlinked.
+        # (The audit log keeps the pseudonymous id, never the email.)
         raw = (server.settings.data_dir / "baychat.db").read_bytes()
-        for pii in (alice.email.encode(), alice.id.encode(), alice.password_hash.encode()):
+        for pii in (alice.email.encode(), alice.password_hash.encode()):
             assert pii not in raw
     ledger = (server.settings.keystore_dir / "erasures.jsonl").read_text()
     assert alice.id in ledger

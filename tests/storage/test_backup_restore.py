@@ -84,7 +84,7 @@ async def restore(
     manifest = await load_backup(backup, key, into.snapshotter, into.engine.dialect)
     await into.engine.open()
     try:
-        return manifest, await verify(into.engine, cipher, manifest.facts)
+        return manifest, await verify(into.engine, cipher, manifest.facts, scope_for_operator)
     finally:
         await into.engine.close()
 
@@ -106,6 +106,7 @@ async def test_round_trip_verifies_counts_heads_and_every_message(backend: Backe
 
     assert result.ok, result.problems
     assert result.messages_decrypted == 57
+    assert result.audit_entries_verified >= 2  # every tenant's chain, from tenant.create on
     facts = manifest.facts
     assert facts.row_counts["messages"] == 57
     assert facts.channel_heads == {a.id: 50, b.id: 7}
@@ -172,7 +173,8 @@ async def test_a_deleted_tenant_stays_unreadable_in_an_older_backup(backend: Bac
         done = await Erasure(into.engine, cipher, ledger).reapply(scope_for_operator)
         assert done["tenants_purged"] == [doomed.id]
         async with into.engine.transaction("probe") as tx:
-            assert await tx.fetchval("SELECT COUNT(*) FROM tenants") == 1
+            live = "SELECT COUNT(*) FROM tenants WHERE deleted_at IS NULL"
+            assert await tx.fetchval(live) == 1
     finally:
         await into.engine.close()
 
@@ -182,6 +184,8 @@ async def purge(backend: Backend, tenant_id: str, ledger: ErasureLedger) -> None
     engine = open_engine(backend.owner_url)
     await engine.open()
     try:
-        await Erasure(engine, backend.store.cipher, ledger).purge_tenant(tenant_id)
+        await Erasure(engine, backend.store.cipher, ledger).purge_tenant(
+            scope_for_operator(tenant_id)
+        )
     finally:
         await engine.close()

@@ -11,6 +11,7 @@ import pytest
 
 from protocol.errors import NotFoundError
 from server.auth.authority import scope_for_operator, scope_for_system
+from storage.auditchain import OPERATOR
 from storage.backup import take_backup
 from storage.engine import open_engine
 from storage.erasure import ERASED, Erasure, ErasureLedger
@@ -37,7 +38,7 @@ async def test_tombstones_keep_the_sequence(store: Store, tmp_path: Path) -> Non
     user = await store.users.create(scope, "gone@example.com", "x" * 20, "member")
     await write_messages(store, channel, 2, sender="other")
     await write_messages(store, channel, 3, sender=user.id, start=3)
-    result = await erasure(store, tmp_path).erase_user(scope, user.id)
+    result = await erasure(store, tmp_path).erase_user(scope, user.id, actor=OPERATOR)
     assert result.messages_tombstoned == 3
     after = await store.messages.after(scope, channel.id, channel.name, 0, 100)
     assert [m.seq for m in after] == [1, 2, 3, 4, 5]
@@ -57,7 +58,7 @@ async def test_a_restore_erases_again_who_was_erased_after_the_backup(
     source = snapshotter_for(f"sqlite:///{tmp_path / 'live' / 'baychat.db'}")
     backup = await take_backup(source, tmp_path / "backups", key)
     eraser = erasure(store, tmp_path)
-    await eraser.erase_user(scope, user.id)
+    await eraser.erase_user(scope, user.id, actor=OPERATOR)
 
     url = f"sqlite:///{tmp_path / 'restored.db'}"
     await load_backup(backup, key, snapshotter_for(url), "sqlite")
