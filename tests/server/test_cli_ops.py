@@ -48,9 +48,18 @@ async def seed(data: Path, messages: int) -> tuple[str, str]:
     return tenant.slug, tenant.id
 
 
+async def audit_actions(data: Path, tenant_id: str) -> list[str]:
+    store = open_store(make_settings(data))
+    await store.open()
+    try:
+        return [e.action async for e in store.audit.entries(scope_for_operator(tenant_id))]
+    finally:
+        await store.close()
+
+
 async def test_master_key_lifecycle(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    await seed(data, 25)
+    _, tenant_id = await seed(data, 25)
     status = ok(baychat(data, "keys", "status"))["master_keys"]
     assert status["versions"] == {"1": {"loaded": True, "messages": 25}}
     ok(baychat(data, "backup"))  # a retained backup that needs version 1
@@ -82,6 +91,8 @@ async def test_master_key_lifecycle(tmp_path: Path) -> None:
     ok(baychat(data, "keys", "retire", "1", "--ignore-backups"))
     versions = ok(baychat(data, "keys", "status"))["master_keys"]["versions"]
     assert set(versions) == {"2"}
+    actions = await audit_actions(data, tenant_id)
+    assert actions[-3:] == ["keys.rotate", "keys.rewrap", "keys.retire"]
 
 
 async def test_jwt_rotation_commands(tmp_path: Path) -> None:
@@ -120,6 +131,7 @@ async def test_tenant_delete_needs_the_owner_and_shreds_first(tmp_path: Path) ->
     )  # fmt: skip
     assert deleted["rows_deleted"]["messages"] == 10
     assert not key_file.exists()
+    assert (await audit_actions(data, tenant_id))[-1] == "tenant.delete"
     assert ok(baychat(data, "keys", "status"))["master_keys"]["versions"]["1"]["messages"] == 0
     gone = baychat(data, "tenant", "delete", slug, "--confirm", slug, "--owner-stdin", stdin="\n\n")
     assert gone.returncode != 0
