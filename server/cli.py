@@ -218,7 +218,8 @@ def demo(slug: str) -> None:
 
 
 def _register_operations() -> None:
-    from server.cli_ops import backup, keys, restore, tenant_delete
+    from server.cli_data import backup, restore, tenant_delete
+    from server.cli_keys import keys
 
     main.add_command(keys)
     main.add_command(backup)
