@@ -70,7 +70,7 @@ class KeyReloader:
             except (OSError, ValueError, KeyError) as exc:
                 _log.error("JWT keys not reloaded: %s", type(exc).__name__)
             else:
-                self._access.keys = keys
+                self._access.use_keys(keys)
                 changed.append("jwt-keys")
         for tenant_id in self._cipher.forget_shredded():
             changed.append(f"tenant-shredded:{tenant_id}")

@@ -20,6 +20,7 @@ from server.chat import Chat, seed_source
 from server.config import Settings
 from server.keyreload import KeyReloader
 from server.node import Node, shutdown_connections
+from server.ratelimit import RateLimiter
 from storage.engine import database_user
 from storage.keys import MasterKeyring, TenantKeyStore
 from storage.store import Store
@@ -72,9 +73,11 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     worker: PersistenceWorker | None = None
     keys: KeyReloader | None = None
+    limiter: RateLimiter = field(kw_only=True)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
+        limiter = RateLimiter(settings)  # first: a bad rate setting fails before any I/O
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if settings.migrate_on_start:
             owner_store = open_store(settings, owner=True)
@@ -105,7 +108,7 @@ class Runtime:
         chat = Chat(store, broker, recovery_limit=settings.recovery_limit)
         accounts = Accounts(store, broker, passwords)
         agents = AgentAdmin(store, broker)
-        runtime = cls(settings, store, broker, node, auth, chat, accounts, agents)
+        runtime = cls(settings, store, broker, node, auth, chat, accounts, agents, limiter=limiter)
         if settings.embedded_worker:
             runtime.start_worker(broker)  # type: ignore[arg-type]
         runtime.start_key_reloader(access)
@@ -141,3 +144,4 @@ class Runtime:
                 await task
         await self.broker.close()
         await self.store.close()
+        await self.limiter.close()

@@ -117,7 +117,7 @@ class Agents:
                 agent.created_at,
             )
             act.state(
-                AuditRecord(actor, "agent.create", f"agent:{agent.id}", detail={"name": name}),
+                AuditRecord(actor, "agent.create", f"agent:{agent.id}", detail={"name": name})
             )
         return agent
 
@@ -202,7 +202,7 @@ class Agents:
                         "scopes": _scopes_doc(scopes),
                         "expires_at": expires_at,
                     },
-                ),
+                )
             )
         return token
 
@@ -248,7 +248,7 @@ class Agents:
                     "agent.token_revoke",
                     f"agent_token:{token_id}",
                     detail={"agent_id": agent_id},
-                ),
+                )
             )
         return True
 
@@ -277,7 +277,7 @@ class Agents:
             act.state(
                 AuditRecord(
                     actor, "agent.kill", f"agent:{agent_id}", detail={"tokens_revoked": revoked}
-                ),
+                )
             )
         return revoked
 
@@ -297,7 +297,7 @@ class Agents:
                     "agent.enable",
                     f"agent:{agent_id}",
                     detail={"was_disabled": agent.disabled_at is not None},
-                ),
+                )
             )
         return Agent(
             agent.tenant_id, agent.id, agent.name, agent.created_by, agent.created_at, None

@@ -113,7 +113,7 @@ class Channels:
                     "channel.member_add",
                     f"channel:{channel_id}",
                     detail={"user_id": user_id},
-                ),
+                )
             )
         return True
 

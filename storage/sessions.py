@@ -274,6 +274,6 @@ class Sessions:
                     "session.revoke_others",
                     f"user:{user_id}",
                     detail={"kept": keep, "revoked": revoked},
-                ),
+                )
             )
         return revoked

@@ -58,9 +58,7 @@ class Users:
                 user.disabled,
                 user.created_at,
             )
-            act.state(
-                AuditRecord(actor, "user.create", f"user:{user.id}", detail={"role": role}),
-            )
+            act.state(AuditRecord(actor, "user.create", f"user:{user.id}", detail={"role": role}))
         return user
 
     async def by_email(self, scope: TenantScope, email: str) -> User:
@@ -113,7 +111,7 @@ class Users:
                     "user.role_change",
                     f"user:{user_id}",
                     detail={"from": user.role, "to": role},
-                ),
+                )
             )
             if user.role == "owner" and role != "owner":
                 await self._keep_an_owner(tx, scope, user_id)
@@ -142,7 +140,7 @@ class Users:
                     "user.disable" if disabled else "user.enable",
                     f"user:{user_id}",
                     detail={"sessions_revoked": revoked} if disabled else {},
-                ),
+                )
             )
             if disabled and user.role == "owner":
                 await self._keep_an_owner(tx, scope, user_id)
@@ -180,7 +178,7 @@ class Users:
                     "user.password_change",
                     f"user:{user_id}",
                     detail={"sessions_revoked": revoked},
-                ),
+                )
             )
         return revoked
 

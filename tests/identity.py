@@ -70,3 +70,30 @@ async def audit_actions(server: LiveServer, tenant: Tenant) -> list[tuple[str, s
 
     scope = scope_for_operator(tenant.id)
     return [(e.action, e.target, e.result) async for e in server.runtime.store.audit.entries(scope)]
+
+
+async def raw_sql(server: LiveServer, sql: str, *args: object) -> None:
+    """Run a statement behind the application's back (``$1`` parameters): on the SQLite
+    file, or on Postgres as the superuser."""
+    if server.settings.database_url.startswith("sqlite"):
+        import sqlite3
+
+        db = sqlite3.connect(server.settings.data_dir / "baychat.db")
+        try:
+            db.execute(sql.replace("$", "?"), args)
+            db.commit()
+        finally:
+            db.close()
+        return
+    from urllib.parse import urlsplit
+
+    import asyncpg
+
+    from tests.backends import POSTGRES_ADMIN_URL
+
+    name = urlsplit(server.settings.database_url).path.lstrip("/")
+    admin_db = await asyncpg.connect(POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name)
+    try:
+        await admin_db.execute(sql, *args)
+    finally:
+        await admin_db.close()

@@ -6,22 +6,66 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from protocol.frames import ChannelName
+from protocol.frames import ChannelName, ClientMsgId, HistoryLimit, Seq, whole
 from server.auth.scopes import PATTERN as SCOPE_PATTERN
 
+# No "@", whitespace or control character in either part. Python's \s and ECMAScript's \s
+# (JSON Schema) disagree on a few code points; listing them makes both dialects agree.
+_EMAIL_PART = r"[^@\s\x00-\x1f\x7f-\x9f\ufeff]+"
 Email = Annotated[
-    str,
-    msgspec.Meta(
-        min_length=3, max_length=254, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
-    ),
+    str, msgspec.Meta(min_length=3, max_length=254, pattern=whole(f"{_EMAIL_PART}@{_EMAIL_PART}"))
 ]
-Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
-Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^[^\x00]*$")]
+Slug = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[a-z0-9][a-z0-9-]*"))
+]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=whole(r"[^\x00]*"))]
 OpaqueToken = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9._~-]+$")
+    str, msgspec.Meta(min_length=1, max_length=512, pattern=whole(r"[A-Za-z0-9._~-]+"))
 ]
 
 _strict = {"forbid_unknown_fields": True}
+
+
+# -- path and query parameters (decoded from strings, so numbers are converted) ----------
+
+
+class ChannelPath(msgspec.Struct, **_strict):
+    name: ChannelName
+
+
+# Ids are UUIDs; anything outside this alphabet is refused before any lookup.
+ObjectId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[A-Za-z0-9-]+"))
+]
+
+
+class SessionPath(msgspec.Struct, **_strict):
+    session_id: ObjectId
+
+
+class UserPath(msgspec.Struct, **_strict):
+    user_id: ObjectId
+
+
+class AgentPath(msgspec.Struct, **_strict):
+    agent_id: ObjectId
+
+
+class AgentTokenPath(msgspec.Struct, **_strict):
+    agent_id: ObjectId
+    token_id: ObjectId
+
+
+class AuditExportQuery(msgspec.Struct, **_strict):
+    format: Literal["jsonl", "csv"] = "jsonl"
+
+
+class MessagesQuery(msgspec.Struct, **_strict):
+    before: Seq | None = None
+    limit: HistoryLimit = 50
+
+
+# -- bodies -------------------------------------------------------------------------------
 
 
 class LoginRequest(msgspec.Struct, **_strict):
@@ -80,19 +124,28 @@ class MessageList(msgspec.Struct):
     messages: list[MessageOut]
 
 
-class ErrorBody(msgspec.Struct):
-    code: str
-    message: str
-    field: str | None = None
+class ErrorBody(msgspec.Struct, kw_only=True):
+    code: str  # a stable ErrorCode
+    message: str  # safe to show; never internals
+    correlation_id: str  # the request id: quote it to find the server's log lines
+    field: str | None = None  # the offending field, for invalid_field
+    retry_after: float | None = None  # seconds, for rate_limited (also in Retry-After)
 
 
 class ErrorResponse(msgspec.Struct):
     error: ErrorBody
 
 
-# -- publishing over HTTP ---------------------------------------------------------------
+class Health(msgspec.Struct):
+    status: str
 
-ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+class Readiness(msgspec.Struct):
+    ready: bool
+    checks: dict[str, bool]
+
+
+# -- publishing over HTTP ---------------------------------------------------------------
 
 
 class MessagePost(msgspec.Struct, **_strict):
@@ -155,7 +208,7 @@ class UserList(msgspec.Struct):
 # -- agents -----------------------------------------------------------------------------
 
 AgentName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[A-Za-z0-9][A-Za-z0-9 _.\-]*"))
 ]
 Action = Literal["read", "history", "write", "presence"]
 
@@ -177,7 +230,7 @@ class AgentList(msgspec.Struct):
 
 
 class ScopeIn(msgspec.Struct, **_strict):
-    channel: Annotated[str, msgspec.Meta(pattern=SCOPE_PATTERN)]
+    channel: Annotated[str, msgspec.Meta(pattern=whole(SCOPE_PATTERN[1:-1]))]
     actions: Annotated[list[Action], msgspec.Meta(min_length=1, max_length=4)]
 
 

@@ -53,19 +53,20 @@ class SigningKeys:
             return self.pending
         return self.active
 
-    def rotated(self, *, grace_s: float) -> SigningKeys:
+    def rotated(self, *, grace_s: float = 0.0) -> SigningKeys:
+        """A new key that signs ``grace_s`` from now (at once by default: fine for one
+        process; a cluster gives every gateway time to load it first). Every older key
+        still verifies the tokens it signed, so a rotation logs nobody out."""
         if self.pending is not None and time.time() < self.pending_at:
             raise KeyringError(f"key {self.pending} is already pending; wait until it signs")
         signing = self.current()
         kid = uuid.uuid4().hex[:12]
         at = time.time() + grace_s
-        return SigningKeys(
-            {**self.keys, kid: secrets.token_bytes(32)},
-            signing,
-            kid,
-            at,
-            {**self.stopped, signing: at},
-        )
+        keys = {**self.keys, kid: secrets.token_bytes(32)}
+        stopped = {**self.stopped, signing: at}
+        if grace_s <= 0:
+            return SigningKeys(keys, kid, None, 0.0, stopped)
+        return SigningKeys(keys, signing, kid, at, stopped)
 
     def without(self, kid: str, *, access_ttl_s: int) -> SigningKeys:
         """Retire ``kid``: refused while it signs or while tokens it signed may be live."""
@@ -79,14 +80,7 @@ class SigningKeys:
             raise KeyringError(
                 f"tokens signed by {kid} may still be valid; retire it in {int(wait) + 1} s"
             )
-        signing = self.current()
-        return SigningKeys(
-            {k: v for k, v in self.keys.items() if k != kid},
-            signing,
-            None if self.pending == signing else self.pending,
-            0.0 if self.pending == signing else self.pending_at,
-            {k: v for k, v in self.stopped.items() if k != kid},
-        )
+        return self.retired(kid)
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -123,6 +117,26 @@ class SigningKeys:
     def generate(cls) -> SigningKeys:
         kid = uuid.uuid4().hex[:12]
         return cls({kid: secrets.token_bytes(32)}, kid)
+
+    def settled(self) -> SigningKeys:
+        """The same keys with a pending key whose time has come made plainly active."""
+        if self.pending is not None and time.time() >= self.pending_at:
+            return SigningKeys(self.keys, self.pending, None, 0.0, self.stopped)
+        return self
+
+    def retired(self, kid: str) -> SigningKeys:
+        """Without ``kid``: tokens it signed stop verifying. The signing key cannot go (see
+        ``without`` for the check that its tokens have expired)."""
+        now = self.settled()
+        if kid in (now.active, now.pending):
+            raise KeyringError("the active JWT key cannot be retired; rotate first")
+        return SigningKeys(
+            {k: v for k, v in now.keys.items() if k != kid},
+            now.active,
+            now.pending,
+            now.pending_at,
+            {k: v for k, v in now.stopped.items() if k != kid},
+        )
 
     @classmethod
     def load_or_create(cls, path: Path) -> SigningKeys:
@@ -163,6 +177,10 @@ class AccessTokens:
         kid = self.keys.current()
         token = jwt.encode(claims, self.keys.keys[kid], algorithm=ALGORITHM, headers={"kid": kid})
         return IssuedToken(token, claims["exp"])
+
+    def use_keys(self, keys: SigningKeys) -> None:
+        """Swap in a rotated key set (takes effect for the next issue and verify)."""
+        self.keys = keys
 
     def verify(self, token: str) -> Principal:
         try:

@@ -4,17 +4,22 @@ kind, and the kill switch."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from protocol.codes import CloseCode
 from server.auth.agent_tokens import new_agent_token
 from server.auth.authority import scope_for_operator
+from server.auth.tokens import token_digest
 from storage.auditchain import Actor
+from tests.backends import PostgresDatabase, on_every_store
 from tests.harness import (
+    ORIGIN,
     LiveServer,
     assert_closed,
     expect,
@@ -25,7 +30,21 @@ from tests.harness import (
     send,
     subscribe,
 )
-from tests.identity import admin, agent_token, audit_actions, bearer
+from tests.identity import admin, agent_token, audit_actions, bearer, raw_sql
+
+pytestmark = on_every_store
+
+
+@pytest.fixture
+async def uncached(database: PostgresDatabase | None, tmp_path: Path) -> AsyncIterator[LiveServer]:
+    """A server that caches no credential state: every request and frame reads the store."""
+    settings = make_settings(tmp_path, credential_cache_s=0)
+    if database is not None:
+        settings = settings.with_(
+            database_url=database.app_url, database_owner_url=database.owner_url
+        )
+    async with live_server(settings) as live:
+        yield live
 
 
 async def _error_for(ws: Any, frame: dict[str, Any]) -> str:
@@ -161,13 +180,21 @@ async def test_tokens_are_never_taken_from_the_url(server: LiveServer) -> None:
             "/api/v1/channels", params={"access_token": issued.token, "token": issued.token}
         )
     assert response.status_code == 401
-    sneaky = await connect(f"{server.ws_url}?token={issued.token}", close_timeout=0.5)
+    # Without an Origin (not a browser) the handshake needs a bearer header: a URL token
+    # does not count, so it is refused before the upgrade.
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(f"{server.ws_url}?token={issued.token}", close_timeout=0.5)
+    assert refused.value.response.status_code == 401
+    # From an allowed browser origin the first frame must be `auth`; the URL token is ignored.
+    sneaky = await connect(
+        f"{server.ws_url}?token={issued.token}", close_timeout=0.5, origin=ORIGIN
+    )
     server.clients.append(sneaky)
     await send(sneaky, {"type": "ping"})
     await assert_closed(sneaky, CloseCode.UNAUTHORIZED)
 
 
-async def test_cross_tenant_tokens_reach_nothing(server: LiveServer, tmp_path: Path) -> None:
+async def test_cross_tenant_tokens_reach_nothing(server: LiveServer) -> None:
     tenant_a, tenant_b = await server.tenant(), await server.tenant()
     boss_a, boss_b = await admin(server, tenant_a), await admin(server, tenant_b)
     await server.channel(tenant_b, "payroll", boss_b.user)
@@ -187,19 +214,21 @@ async def test_cross_tenant_tokens_reach_nothing(server: LiveServer, tmp_path: P
     assert still_alive.status_code == 200
 
 
-async def test_a_directory_entry_pointing_at_another_tenant_is_refused(tmp_path: Path) -> None:
-    async with live_server(make_settings(tmp_path, credential_cache_s=0)) as server:
-        tenant_a, tenant_b = await server.tenant(), await server.tenant()
-        issued = await agent_token(server, await admin(server, tenant_a))
-        db = sqlite3.connect(server.settings.data_dir / "baychat.db")
-        try:
-            db.execute("UPDATE token_directory SET tenant_id = ?", (tenant_b.id,))
-            db.commit()
-        finally:
-            db.close()
-        async with server.http() as http:
-            response = await http.get("/api/v1/channels", headers=bearer(issued.token))
-        assert response.status_code == 401
+async def test_a_directory_entry_pointing_at_another_tenant_is_refused(
+    uncached: LiveServer,
+) -> None:
+    server = uncached
+    tenant_a, tenant_b = await server.tenant(), await server.tenant()
+    issued = await agent_token(server, await admin(server, tenant_a))
+    await raw_sql(
+        server,
+        "UPDATE token_directory SET tenant_id = $1 WHERE token_hash = $2",
+        tenant_b.id,
+        token_digest(issued.token),
+    )
+    async with server.http() as http:
+        response = await http.get("/api/v1/channels", headers=bearer(issued.token))
+    assert response.status_code == 401
 
 
 async def test_a_read_only_token_cannot_publish(server: LiveServer) -> None:
@@ -319,23 +348,23 @@ async def test_http_publish_answers_after_the_message_is_stored(server: LiveServ
     assert (message["sender"], message["body"]) == (issued.agent_id, "disk full")
 
 
-async def test_every_frame_is_authorised_when_it_arrives(tmp_path: Path) -> None:
+async def test_every_frame_is_authorised_when_it_arrives(uncached: LiveServer) -> None:
     """Even with no control event (say it was lost), the next frame sees the revocation."""
-    async with live_server(make_settings(tmp_path, credential_cache_s=0)) as server:
-        tenant = await server.tenant()
-        boss = await admin(server, tenant)
-        await server.channel(tenant, "general", boss.user)
-        issued = await agent_token(server, boss)
-        ws = await _agent_socket(server, issued.token)
-        await subscribe(ws, "general")
-        await server.runtime.store.agents.revoke_token(  # behind the API's back: no event
-            scope_for_operator(tenant.id),
-            issued.agent_id,
-            issued.token_id,
-            actor=Actor("operator", "test"),
-        )
-        await send(ws, {"type": "ping"})
-        await assert_closed(ws, CloseCode.REVOKED)
+    server = uncached
+    tenant = await server.tenant()
+    boss = await admin(server, tenant)
+    await server.channel(tenant, "general", boss.user)
+    issued = await agent_token(server, boss)
+    ws = await _agent_socket(server, issued.token)
+    await subscribe(ws, "general")
+    await server.runtime.store.agents.revoke_token(  # behind the API's back: no event
+        scope_for_operator(tenant.id),
+        issued.agent_id,
+        issued.token_id,
+        actor=Actor("operator", "test"),
+    )
+    await send(ws, {"type": "ping"})
+    await assert_closed(ws, CloseCode.REVOKED)
 
 
 async def test_the_kill_switch(server: LiveServer) -> None:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.backends import on_every_store
 from tests.harness import LiveServer
 from tests.identity import admin, agent_token, audit_actions, bearer
 
@@ -45,6 +46,7 @@ def verify_offline(entries: list[dict[str, Any]]) -> None:
         prev = entry["hash"]
 
 
+@on_every_store
 async def test_a_paid_tenant_exports_a_chain_it_can_verify(server: LiveServer) -> None:
     tenant = await server.tenant(plan="paid")
     boss = await admin(server, tenant)
@@ -74,6 +76,7 @@ async def test_a_paid_tenant_exports_a_chain_it_can_verify(server: LiveServer) -
     assert json.loads(rows[3]["detail"]) == created["detail"]
 
 
+@on_every_store
 async def test_export_is_for_paid_plans_owners_and_admins(server: LiveServer) -> None:
     free = await server.tenant()
     paid = await server.tenant(plan="paid")

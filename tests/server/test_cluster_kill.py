@@ -78,7 +78,6 @@ def _gateways(env: dict[str, str], count: int) -> Iterator[list[str]]:
 
 
 async def test_kill_switch_closes_an_agent_socket_on_another_gateway(tmp_path: Path) -> None:
-    _needs("storage.postgres", "the Postgres engine")
     _needs("server.broker.redis", "the Redis broker")
     redis_url = await shared_redis_url()
     async with fresh_postgres() as db:

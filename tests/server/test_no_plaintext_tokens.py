@@ -12,9 +12,11 @@ from urllib.parse import urlsplit
 import pytest
 
 from protocol.codes import CloseCode
-from tests.backends import POSTGRES_ADMIN_URL
+from tests.backends import POSTGRES_ADMIN_URL, on_every_store
 from tests.harness import LiveServer, assert_closed, expect, send, subscribe
 from tests.identity import admin, agent_token, bearer
+
+pytestmark = on_every_store
 
 
 @pytest.fixture

@@ -11,8 +11,11 @@ import httpx
 from protocol.codes import CloseCode
 from server.auth.authority import scope_for_operator
 from storage.models import Tenant, User
+from tests.backends import on_every_store
 from tests.harness import PASSWORD, LiveServer, assert_closed, expect, send
 from tests.identity import admin, audit_actions, bearer
+
+pytestmark = on_every_store
 
 
 async def _login(server: LiveServer, tenant: Tenant, user: User, agent: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from storage.auditchain import Actor, AuditRecord
 from storage.store import Store
 from tests.backends import PostgresDatabase, fresh_postgres
 from tests.harness import make_settings
+from tests.storage.stores import opened_store
 
 # Runs statements (``$1`` = the tenant id) as the database owner, append-only triggers off.
 Tamper = Callable[[str, list[str]], Awaitable[None]]
@@ -59,10 +60,7 @@ async def _sqlite(tmp_path: Path) -> AsyncIterator[Backend]:
 
 @contextlib.asynccontextmanager
 async def _postgres(tmp_path: Path) -> AsyncIterator[Backend]:
-    pytest.importorskip("storage.postgres", reason="the Postgres engine is not merged yet")
     import asyncpg
-
-    from tests.storage.stores import opened_store  # type: ignore[import-not-found,unused-ignore]
 
     async with (
         fresh_postgres() as db,
