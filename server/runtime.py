@@ -64,20 +64,21 @@ class Runtime:
             owner_store = open_store(settings, owner=True)
             await owner_store.open(migrate_schema=True)
             await owner_store.close()
-        store = open_store(settings)
-        await store.open()
-        broker = open_broker(settings.broker_url, seed_source(store), node_id=settings.node_id)
-        node = Node()
-        await broker.start(node)
+        # Configuration errors first: once the store is open, a failed start would leave
+        # its threads behind and the process would hang instead of exiting.
+        passwords = make_passwords(settings)
         access = AccessTokens(
             load_signing_keys(settings),
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             ttl_s=settings.access_ttl_s,
         )
-        auth = AuthService(
-            store, broker, make_passwords(settings), access, refresh_ttl_s=settings.refresh_ttl_s
-        )
+        store = open_store(settings)
+        await store.open()
+        broker = open_broker(settings.broker_url, seed_source(store), node_id=settings.node_id)
+        node = Node()
+        await broker.start(node)
+        auth = AuthService(store, broker, passwords, access, refresh_ttl_s=settings.refresh_ttl_s)
         chat = Chat(store, broker, recovery_limit=settings.recovery_limit)
         runtime = cls(settings, store, broker, node, auth, chat)
         if settings.embedded_worker:
