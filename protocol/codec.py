@@ -33,6 +33,19 @@ def _classify(data: str | bytes, detail: str) -> ProtocolError:
         return ProtocolError("frame is not a JSON object", code=ErrorCode.BAD_FRAME)
     if not isinstance(raw, dict):
         return ProtocolError("frame must be a JSON object", code=ErrorCode.BAD_FRAME)
+    error = _classify_object(raw, detail)
+    request_id = raw.get("id")
+    # Echo the request id when it is itself well-formed, so the client can match the error.
+    if (isinstance(request_id, str) and len(request_id) <= 64) or (
+        isinstance(request_id, int)
+        and not isinstance(request_id, bool)
+        and 0 <= request_id <= 2**53
+    ):
+        error.request_id = request_id
+    return error
+
+
+def _classify_object(raw: dict[str, object], detail: str) -> ProtocolError:
     frame_type = raw.get("type")
     if not isinstance(frame_type, str):
         return ProtocolError("frame needs a string field `type`", code=ErrorCode.BAD_FRAME)

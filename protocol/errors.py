@@ -62,6 +62,7 @@ class BayChatError(Exception):
 class ProtocolError(BayChatError):
     code = ErrorCode.BAD_FRAME
     default_message = "malformed frame"
+    request_id: str | int | None = None  # the frame's `id`, when it could be read
 
 
 class AuthError(BayChatError):

@@ -18,7 +18,10 @@ RequestId = (
     Annotated[str, msgspec.Meta(max_length=64)] | Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 )
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# No control characters: ids are stored as text, and Postgres text cannot hold a NUL.
+ClientMsgId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 # Hard ceiling of the schema; the configured (smaller) body limit is enforced by the gateway.
 Body = Annotated[str, msgspec.Meta(max_length=1_048_576)]

@@ -148,6 +148,8 @@ class ClientSession:
                 frame = decode_client_frame(raw)
                 request_id = frame.id
                 await self._dispatch(frame)
+            except ProtocolError as exc:
+                self._error(exc, request_id if request_id is not None else exc.request_id)
             except BayChatError as exc:
                 self._error(exc, request_id)
             except Exception:

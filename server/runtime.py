@@ -15,6 +15,7 @@ from server.broker.base import Broker, open_broker
 from server.chat import Chat, seed_source
 from server.config import Settings
 from server.node import Node, shutdown_connections
+from storage.engine import database_user
 from storage.keys import MasterKeyring, TenantKeyStore
 from storage.store import Store
 from storage.worker import PersistenceLog, PersistenceWorker
@@ -39,6 +40,11 @@ def open_store(settings: Settings, *, owner: bool = False) -> Store:
     return Store.from_url(url, load_keyring(settings), TenantKeyStore(settings.keystore_dir))
 
 
+def app_role(settings: Settings) -> str | None:
+    """The role that migrations grant privileges to: the user of the application URL."""
+    return database_user(settings.database_url)
+
+
 def make_passwords(settings: Settings) -> Passwords:
     return Passwords(
         time_cost=settings.password_time_cost,
@@ -60,9 +66,10 @@ class Runtime:
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if settings.migrate_on_start:
             owner_store = open_store(settings, owner=True)
-            await owner_store.open(migrate_schema=True)
+            await owner_store.open(migrate_schema=True, app_role=app_role(settings))
             await owner_store.close()
         # Configuration errors first: once the store is open, a failed start would leave
         # its threads behind and the process would hang instead of exiting.
@@ -91,8 +98,9 @@ class Runtime:
 
     async def stop(self) -> None:
         await shutdown_connections(self.node, self.broker)
-        if self.worker is not None:
-            self.worker.stop()
+        if self.worker is not None and self.tasks:
+            # Whatever was published before shutdown is committed (and acked) first.
+            await self.worker.drain(self.tasks[0], timeout=10)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

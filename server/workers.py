@@ -13,7 +13,7 @@ import signal
 from server.auth.authority import scope_for_system
 from server.broker.base import open_log
 from server.config import Settings
-from server.runtime import open_store
+from server.runtime import app_role, open_store
 from storage.worker import PersistenceWorker
 
 _log = logging.getLogger("baychat.worker")
@@ -23,7 +23,7 @@ async def run_workers(settings: Settings, count: int = 1, *, grace_s: float = 30
     logs = [open_log(settings.broker_url, consumer=f"{settings.node_id}-{i}") for i in range(count)]
     if settings.migrate_on_start:
         owner_store = open_store(settings, owner=True)
-        await owner_store.open(migrate_schema=True)
+        await owner_store.open(migrate_schema=True, app_role=app_role(settings))
         await owner_store.close()
     store = open_store(settings)
     await store.open()

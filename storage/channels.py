@@ -48,7 +48,7 @@ class Channels:
                 channel.created_at,
             )
             # The creator of a private channel is its first member.
-            if private and scope.principal_kind == "user":
+            if private:
                 await tx.execute(
                     "INSERT INTO channel_members (tenant_id, channel_id, user_id, added_at)"
                     " VALUES ($1, $2, $3, $4)",

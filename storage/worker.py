@@ -59,14 +59,20 @@ class PersistenceWorker:
         self._block_ms = block_ms
         self._on_batch = on_batch
         self._stopping = asyncio.Event()
+        self.idle = True  # waiting on the log, holding nothing that a cancel could lose
 
     async def run(self) -> None:
+        """Persist until stopped; after ``stop`` it keeps going until the log is empty."""
         backoff = 0.05
-        while not self._stopping.is_set():
+        while True:
             try:
+                self.idle = True
                 entries = await self._log.read(self._max_batch, self._block_ms)
+                self.idle = False
                 if entries:
                     await self.persist(entries)
+                elif self._stopping.is_set():
+                    return
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
@@ -87,3 +93,18 @@ class PersistenceWorker:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def drain(self, task: asyncio.Task[None], timeout: float) -> None:
+        """Stop after the log is drained (at most ``timeout`` seconds), then cancel."""
+        self.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not task.done() and loop.time() < deadline:
+            if self.idle and self._log_is_empty():
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    def _log_is_empty(self) -> bool:
+        backlog = getattr(self._log, "backlog", None)
+        return bool(backlog is None or backlog() == 0)

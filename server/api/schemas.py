@@ -8,10 +8,17 @@ import msgspec
 
 from protocol.frames import ChannelName
 
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
+Email = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=3, max_length=254, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
+    ),
+]
 Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
-Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-OpaqueToken = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^[^\x00]*$")]
+OpaqueToken = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9._~-]+$")
+]
 
 _strict = {"forbid_unknown_fields": True}
 
