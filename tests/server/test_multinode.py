@@ -1,8 +1,9 @@
 """The cluster as real OS processes: two gateways (`baychat serve`, Redis broker, no
 embedded worker), one `baychat worker`, a private Redis that the tests kill and restart,
-and the store. Clients are real WebSocket clients that move between gateways the way a
-chat app does: reconnect, resubscribe with ``since``, resend what was not acked with the
-same ``client_msg_id``.
+and Postgres (a fresh database, migrated by `baychat migrate` as the owner role; the
+processes connect as the application role). Clients are real WebSocket clients that move
+between gateways the way a chat app does: reconnect, resubscribe with ``since``, resend
+what was not acked with the same ``client_msg_id``.
 
 Every count is checked against the acks: an acked message is stored exactly once and
 reaches every reader exactly once, in seq order.
@@ -14,8 +15,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import secrets
 import signal
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +37,8 @@ from server.config import Settings
 from server.runtime import make_passwords, open_store
 from storage.models import Channel, Tenant, User
 from storage.store import Store
-from tests.backends import OwnRedis, own_redis
-from tests.processes import Processes, Service
+from tests.backends import OwnRedis, fresh_postgres, own_redis
+from tests.processes import Processes, Service, baychat_command
 
 PASSWORD = "correct horse battery staple"
 TIMEOUT = 20.0
@@ -202,17 +205,33 @@ def _env(data_dir: Path, database_url: str, owner_url: str, broker_url: str) -> 
     }
 
 
+def _migrate(env: dict[str, str], log_path: Path) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        done = subprocess.run(
+            [*baychat_command(), "migrate"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    assert done.returncode == 0, log_path.read_text()
+
+
 @contextlib.asynccontextmanager
-async def database(data_dir: Path) -> AsyncIterator[tuple[str, str]]:
-    """(application URL, owner URL) of a store every process of the cluster shares."""
-    url = f"sqlite:///{data_dir / 'baychat.db'}"
-    yield url, url
+async def database(logs: Path) -> AsyncIterator[tuple[str, str]]:
+    """A fresh Postgres database migrated by `baychat migrate` as the owner role:
+    (application URL, owner URL). Gateways and workers connect as the application role."""
+    async with fresh_postgres() as db:
+        env = {"BAYCHAT_DATABASE_URL": db.app_url, "BAYCHAT_DATABASE_OWNER_URL": db.owner_url}
+        await asyncio.to_thread(_migrate, env, logs / "migrate.log")
+        yield db.app_url, db.owner_url
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     with own_redis() as redis_server:
-        async with database(tmp_path) as (app_url, owner_url):
+        async with database(tmp_path / "logs") as (app_url, owner_url):
             broker_url = f"{redis_server.url}?namespace={NAMESPACE}&claim_idle_ms=1000"
             env = _env(tmp_path, app_url, owner_url, broker_url)
             settings = Settings.from_env().with_(
@@ -224,9 +243,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
                 master_keys=env["BAYCHAT_MASTER_KEYS"],
                 jwt_keys=env["BAYCHAT_JWT_KEYS"],
             )
-            owner = open_store(settings, owner=True)
-            await owner.open(migrate_schema=True)
-            await owner.close()
             store = open_store(settings)
             await store.open()
             try:
