@@ -1,7 +1,8 @@
 """The ``baychat worker`` process: persistence workers draining the shared log into the
 store, with no HTTP. SIGTERM or SIGINT lets each worker finish the batch in hand (commit,
-acknowledge, notify) before the process exits; whatever a killed worker leaves pending is
-claimed by a live one."""
+acknowledge, notify), take nothing new, and give back what it read ahead, before the
+process exits. Whatever a killed worker leaves pending is claimed by a live one after
+``claim_idle_ms``."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ async def run_workers(settings: Settings, count: int = 1, *, grace_s: float = 30
         stopper = asyncio.create_task(stopping.wait())
         await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        for worker in workers:
+        for log, worker in zip(logs, workers, strict=True):
+            log.stop()  # the batch in hand is finished; nothing new is taken
             worker.stop()
         _, unfinished = await asyncio.wait(tasks, timeout=grace_s)
         for task in unfinished:

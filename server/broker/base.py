@@ -134,7 +134,13 @@ def open_broker(url: str, seed: SeedSource, *, node_id: str) -> Broker:
 class SharedLog(PersistenceLog, Protocol):
     """A persistence log that worker processes reach on their own."""
 
-    async def close(self) -> None: ...
+    def stop(self) -> None:
+        """Hand out no new entries (shutting down); a batch in hand is still returned."""
+        ...
+
+    async def close(self) -> None:
+        """Release what this consumer holds uncommitted, for other workers to take."""
+        ...
 
 
 def open_log(url: str, *, consumer: str) -> SharedLog:

@@ -161,6 +161,8 @@ class RedisBroker:
             await self._pubsub_client.aclose()
             self._pubsub_client = None
         self._handler = None
+        if self._log is not None:
+            await self._log.close()
         await self._client.aclose()
 
     def ready(self) -> bool:

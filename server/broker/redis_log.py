@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from server.broker.redis_keys import GROUP, Namespace, decode_line, encode_lines
 from storage.models import Message
@@ -65,16 +65,49 @@ class RedisLog:
         self._claimed_at = -1e9
         self._buffer: deque[LogEntry] = deque()  # read from Redis, not yet handed out
         self._inflight: list[LogEntry] = []  # handed out, not yet done
+        self._stopped = False
+
+    def stop(self) -> None:
+        """Hand out no new entries (the worker is shutting down); a batch in hand is still
+        returned until it is done."""
+        self._stopped = True
 
     async def close(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        """Give back what this consumer holds and has not committed, so that another
+        worker claims it at once rather than after ``claim_idle_ms``."""
+        held = [*self._inflight, *self._buffer]
+        self._inflight, self._buffer = [], deque()
+        try:
+            if held:
+                await self._give_back(held)
+        except RedisError:
+            _log.warning("could not give back %d log entries; they are claimed later", len(held))
+        finally:
+            if self._owns_client:
+                await self._client.aclose()
+
+    async def _give_back(self, entries: list[LogEntry]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for tenant_id, ids in _by_tenant(entries).items():
+            # Still ours, but idle for a day: the next XAUTOCLAIM of any worker takes it.
+            pipe.xclaim(
+                self._names.tenant(tenant_id).log,
+                GROUP,
+                self.consumer,
+                0,
+                list[Any](ids),
+                idle=86_400_000,
+                justid=True,
+            )
+        await pipe.execute()
 
     # -- PersistenceLog -----------------------------------------------------------------
 
     async def read(self, max_count: int, block_ms: int) -> list[LogEntry]:
         if self._inflight:
             return list(self._inflight)
+        if self._stopped:
+            return []
         if not self._buffer:
             await self._fill(max_count, block_ms)
         batch: list[LogEntry] = []
@@ -86,14 +119,11 @@ class RedisLog:
     async def done(self, entries: Sequence[LogEntry]) -> None:
         if not entries:
             return
-        by_tenant: dict[str, list[str]] = {}
         by_origin: dict[str, list[Message]] = {}
         for entry in entries:
-            tenant_id, _, entry_id = entry.entry_id.partition("/")
-            by_tenant.setdefault(tenant_id, []).append(entry_id)
             by_origin.setdefault(entry.origin, []).append(entry.message)
         pipe = self._client.pipeline(transaction=False)
-        for tenant_id, ids in by_tenant.items():
+        for tenant_id, ids in _by_tenant(entries).items():
             log = self._names.tenant(tenant_id).log
             pipe.xdel(log, *ids)
             pipe.xack(log, GROUP, *ids)
@@ -210,6 +240,15 @@ class RedisLog:
         self._buffer.append(
             LogEntry(f"{tenant_id}/{_decode(entry_id)}", message, fields[b"o"].decode())
         )
+
+
+def _by_tenant(entries: Sequence[LogEntry]) -> dict[str, list[str]]:
+    """Stream entry ids by tenant (a LogEntry's id is ``<tenant>/<stream entry id>``)."""
+    by_tenant: dict[str, list[str]] = {}
+    for entry in entries:
+        tenant_id, _, entry_id = entry.entry_id.partition("/")
+        by_tenant.setdefault(tenant_id, []).append(entry_id)
+    return by_tenant
 
 
 _log_check: type[PersistenceLog] = RedisLog

@@ -356,6 +356,9 @@ async def test_a_worker_killed_mid_batch_is_replaced_and_every_ack_is_stored_onc
     stored = await cluster.stored(tenant)
     assert sorted(body for _, body in stored) == expected
     assert [seq for seq, _ in stored] == list(range(1, 301))
+    # SIGTERM: the replacement finishes what it holds and exits cleanly.
+    assert await asyncio.to_thread(cluster.workers[1].stop) == 0
+    assert await _pending_entries(cluster, tenant) == 0
 
 
 async def _probe(

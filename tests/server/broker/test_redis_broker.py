@@ -182,6 +182,33 @@ async def test_entries_held_by_a_dead_worker_are_claimed_by_a_live_one(store: St
             await client.aclose()
 
 
+async def test_a_worker_shutting_down_gives_back_what_it_read_ahead(store: Store) -> None:
+    url = await redis_url(claim_idle_ms=60_000)  # only a give-back makes this quick
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        rig.tasks[0].cancel()
+        tenant_id, channel_id = await make_channel(store)
+        node = await rig.node()
+        sent = [await node.publish(tenant_id, channel_id, f"m{i}") for i in range(5)]
+
+        leaving = open_log(url, consumer="leaving")
+        batch = await leaving.read(2, 1000)
+        assert len(batch) == 2
+        leaving.stop()
+        assert await leaving.read(2, 1000) == batch  # the batch in hand, nothing new
+        await leaving.close()
+
+        staying = open_log(url, consumer="staying")
+        taken: list[LogEntry] = []
+        for _ in range(20):
+            more = await staying.read(10, 100)
+            await staying.done(more)
+            taken += more
+            if len(taken) >= 5:
+                break
+        await staying.close()
+        assert sorted(e.message.seq for e in taken) == [p.message.seq for p in sent]
+
+
 async def test_a_full_log_refuses_new_messages_but_not_retries(store: Store) -> None:
     url = await redis_url(max_backlog=3)
     async with open_rig("redis", store, store_seed(store), url=url) as rig:
