@@ -3,9 +3,11 @@ a worker that dies holding entries, a full log, and acks no notification brought
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -35,6 +37,22 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 def private_redis() -> Iterator[OwnRedis]:
     with own_redis() as server:
         yield server
+
+
+@pytest.fixture
+def reconnect_gate(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """While cleared, a listener that lost its connection does not reconnect: the test
+    decides what is published while a node is deaf."""
+    gate = asyncio.Event()
+    gate.set()
+    session = redis_fanout.Fanout._session
+
+    async def gated(self: redis_fanout.Fanout, pubsub: Any) -> None:
+        await gate.wait()
+        await session(self, pubsub)
+
+    monkeypatch.setattr(redis_fanout.Fanout, "_session", gated)
+    return gate
 
 
 def namespaced(base: str, **options: object) -> str:
@@ -72,9 +90,8 @@ async def test_every_key_carries_its_tenant_as_a_hash_tag(store: Store) -> None:
 
 
 async def test_a_dropped_subscription_reconnects_and_delivers_what_it_missed_in_order(
-    store: Store, private_redis: OwnRedis, monkeypatch: pytest.MonkeyPatch
+    store: Store, private_redis: OwnRedis, reconnect_gate: asyncio.Event
 ) -> None:
-    monkeypatch.setattr(redis_fanout, "MIN_BACKOFF_S", 0.5)  # publish while it is deaf
     url = namespaced(private_redis.url, claim_idle_ms=500)
     async with open_rig("redis", store, store_seed(store), url=url) as rig:
         tenant_id, channel_id = await make_channel(store)
@@ -83,12 +100,14 @@ async def test_a_dropped_subscription_reconnects_and_delivers_what_it_missed_in_
         await publisher.publish(tenant_id, channel_id, "before")
         await listener.handler.until(lambda: listener.handler.seqs(tenant_id, channel_id) == [1])
 
+        reconnect_gate.clear()
         admin = aioredis.from_url(private_redis.url)
         await admin.client_kill_filter(_type="pubsub")
         await admin.aclose()
         await listener.handler.until(lambda: not listener.broker.ready())
         for i in range(5):
             await publisher.publish(tenant_id, channel_id, f"while deaf {i}")
+        reconnect_gate.set()
 
         # Nothing else is published: the catch-up alone must bring the missed ones.
         await listener.handler.until(listener.broker.ready)
@@ -99,9 +118,8 @@ async def test_a_dropped_subscription_reconnects_and_delivers_what_it_missed_in_
 
 
 async def test_a_gap_beyond_the_window_sends_the_channels_subscribers_back_to_the_store(
-    store: Store, private_redis: OwnRedis, monkeypatch: pytest.MonkeyPatch
+    store: Store, private_redis: OwnRedis, reconnect_gate: asyncio.Event
 ) -> None:
-    monkeypatch.setattr(redis_fanout, "MIN_BACKOFF_S", 0.5)
     url = namespaced(private_redis.url, window=2)
     async with open_rig("redis", store, store_seed(store), url=url) as rig:
         tenant_id, channel_id = await make_channel(store)
@@ -110,12 +128,14 @@ async def test_a_gap_beyond_the_window_sends_the_channels_subscribers_back_to_th
         await publisher.publish(tenant_id, channel_id, "seen")
         await listener.handler.until(lambda: listener.handler.seqs(tenant_id, channel_id) == [1])
 
+        reconnect_gate.clear()
         admin = aioredis.from_url(private_redis.url)
         await admin.client_kill_filter(_type="pubsub")
         await admin.aclose()
         await listener.handler.until(lambda: not listener.broker.ready())
         for i in range(4):
             await publisher.publish(tenant_id, channel_id, f"missed {i}")
+        reconnect_gate.set()
         await listener.handler.until(listener.broker.ready)
 
         resync = ControlEvent("channel_resync", tenant_id, channel_id)
