@@ -94,6 +94,8 @@ class RedisOptions:
         options = cls(**ours)
         if options.window < 1 or options.max_backlog < 1:
             raise ValueError("window and max_backlog must be positive")
+        if not options.namespace or any(c in options.namespace for c in "{}: "):
+            raise ValueError("namespace: letters, digits, dashes")
         return urlunsplit(parts._replace(query=urlencode(theirs))), options
 
 

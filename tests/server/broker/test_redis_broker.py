@@ -60,6 +60,19 @@ def namespaced(base: str, **options: object) -> str:
     return f"{base}?namespace=t{secrets.token_hex(4)}&{query}"
 
 
+def test_broker_options_ride_in_the_url_and_the_rest_goes_to_redis() -> None:
+    url, options = redis_broker.RedisOptions.split_url(
+        "rediss://user:pw@redis:6380/2?namespace=prod&window=500&ssl_cert_reqs=required"
+    )
+    assert url == "rediss://user:pw@redis:6380/2?ssl_cert_reqs=required"
+    assert (options.namespace, options.window) == ("prod", 500)
+    assert options.claim_idle_ms == redis_broker.RedisOptions().claim_idle_ms
+    with pytest.raises(ValueError, match="namespace"):
+        redis_broker.RedisOptions.split_url("redis://x/0?namespace=a{b}")
+    with pytest.raises(ValueError, match="positive"):
+        redis_broker.RedisOptions.split_url("redis://x/0?window=0")
+
+
 async def test_every_key_carries_its_tenant_as_a_hash_tag(store: Store) -> None:
     url = await redis_url()
     namespace = url.split("namespace=")[1].split("&")[0]
