@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from protocol.errors import NotFoundError
-from server.api.http import runtime_of
+from server.api.http import json_response, runtime_of
+from server.api.schemas import Health, Readiness
 
 PROBE_TIMEOUT_S = 2.0
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return json_response(Health("ok"))
 
 
 async def readyz(request: Request) -> Response:
@@ -34,4 +35,4 @@ async def readyz(request: Request) -> Response:
     except Exception:
         checks["store"] = False
     ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
+    return json_response(Readiness(ready, checks), 200 if ready else 503)
