@@ -239,20 +239,20 @@ class RedisBroker:
 
     async def _seed_channel(self, keys: TenantKeys, tenant_id: str, channel_id: str) -> None:
         seed = await self._seed(tenant_id, channel_id)
-        pipe = self._client.pipeline(transaction=False)
-        # Listed on every seeding, not once per process: if Redis lost its state, the
-        # list was lost with it.
-        pipe.sadd(self._names.tenants, tenant_id)
-        for record in seed.recent:
-            pipe.set(
-                keys.idem(channel_id, record.sender_id, record.client_msg_id),
-                f"{record.seq}|{record.message_id}|{record.sent_at}|",
-                nx=True,
-                ex=self.options.idempotency_ttl_s,
-            )
-        # NX: another node may have seeded (and published) meanwhile.
-        pipe.set(keys.seq(channel_id), seed.last_seq, nx=True)
-        await pipe.execute()
+        async with self._client.pipeline(transaction=False) as pipe:
+            # Listed on every seeding, not once per process: if Redis lost its state, the
+            # list was lost with it.
+            pipe.sadd(self._names.tenants, tenant_id)
+            for record in seed.recent:
+                pipe.set(
+                    keys.idem(channel_id, record.sender_id, record.client_msg_id),
+                    f"{record.seq}|{record.message_id}|{record.sent_at}|",
+                    nx=True,
+                    ex=self.options.idempotency_ttl_s,
+                )
+            # NX: another node may have seeded (and published) meanwhile.
+            pipe.set(keys.seq(channel_id), seed.last_seq, nx=True)
+            await pipe.execute()
 
     def _remember(self, message: Message, entry_id: str, epoch: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -383,13 +383,13 @@ class RedisBroker:
             by_tenant.setdefault(item.message.tenant_id, []).append(item)
         if not by_tenant:
             return
-        pipe = self._client.pipeline(transaction=False)
-        for tenant_id, items in by_tenant.items():
-            keys = self._names.tenant(tenant_id)
-            await self._pending_script(
-                keys=[keys.log, keys.epoch], args=[i.entry_id for i in items], client=pipe
-            )
-        replies = await pipe.execute()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for tenant_id, items in by_tenant.items():
+                keys = self._names.tenant(tenant_id)
+                await self._pending_script(
+                    keys=[keys.log, keys.epoch], args=[i.entry_id for i in items], client=pipe
+                )
+            replies = await pipe.execute()
         stored: list[Message] = []
         for items, reply in zip(by_tenant.values(), replies, strict=True):
             epoch, present = reply[0], reply[1:]

@@ -87,19 +87,19 @@ class RedisLog:
                 await self._client.aclose()
 
     async def _give_back(self, entries: list[LogEntry]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for tenant_id, ids in _by_tenant(entries).items():
-            # Still ours, but idle for a day: the next XAUTOCLAIM of any worker takes it.
-            pipe.xclaim(
-                self._names.tenant(tenant_id).log,
-                GROUP,
-                self.consumer,
-                0,
-                list[Any](ids),
-                idle=86_400_000,
-                justid=True,
-            )
-        await pipe.execute()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for tenant_id, ids in _by_tenant(entries).items():
+                # Still ours, but idle for a day: the next XAUTOCLAIM of any worker takes it.
+                pipe.xclaim(
+                    self._names.tenant(tenant_id).log,
+                    GROUP,
+                    self.consumer,
+                    0,
+                    list[Any](ids),
+                    idle=86_400_000,
+                    justid=True,
+                )
+            await pipe.execute()
 
     # -- PersistenceLog -----------------------------------------------------------------
 
@@ -122,14 +122,14 @@ class RedisLog:
         by_origin: dict[str, list[Message]] = {}
         for entry in entries:
             by_origin.setdefault(entry.origin, []).append(entry.message)
-        pipe = self._client.pipeline(transaction=False)
-        for tenant_id, ids in _by_tenant(entries).items():
-            log = self._names.tenant(tenant_id).log
-            pipe.xdel(log, *ids)
-            pipe.xack(log, GROUP, *ids)
-        for origin, messages in by_origin.items():
-            pipe.publish(self._names.node(origin), encode_lines(messages))
-        await pipe.execute()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for tenant_id, ids in _by_tenant(entries).items():
+                log = self._names.tenant(tenant_id).log
+                pipe.xdel(log, *ids)
+                pipe.xack(log, GROUP, *ids)
+            for origin, messages in by_origin.items():
+                pipe.publish(self._names.node(origin), encode_lines(messages))
+            await pipe.execute()
         finished = {entry.entry_id for entry in entries}
         self._inflight = [e for e in self._inflight if e.entry_id not in finished]
 
@@ -174,10 +174,10 @@ class RedisLog:
     async def _ensure_groups(self, tenants: list[str]) -> None:
         """A tenant is listed before its stream exists; create stream and group so that
         the blocking read over all streams never meets a missing group."""
-        pipe = self._client.pipeline(transaction=False)
-        for tenant_id in tenants:
-            pipe.xgroup_create(self._names.tenant(tenant_id).log, GROUP, id="0", mkstream=True)
-        results = await pipe.execute(raise_on_error=False)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for tenant_id in tenants:
+                pipe.xgroup_create(self._names.tenant(tenant_id).log, GROUP, id="0", mkstream=True)
+            results = await pipe.execute(raise_on_error=False)
         for tenant_id, result in zip(tenants, results, strict=True):
             if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
                 raise result
@@ -202,17 +202,17 @@ class RedisLog:
                 self._accept(tenant_id, entry_id, fields)
 
     async def _claim(self, max_count: int) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for tenant_id in self._tenants:
-            pipe.xautoclaim(
-                self._names.tenant(tenant_id).log,
-                GROUP,
-                self.consumer,
-                self._claim_idle_ms,
-                start_id="0-0",
-                count=max_count,
-            )
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for tenant_id in self._tenants:
+                pipe.xautoclaim(
+                    self._names.tenant(tenant_id).log,
+                    GROUP,
+                    self.consumer,
+                    self._claim_idle_ms,
+                    start_id="0-0",
+                    count=max_count,
+                )
+            results: list[Any] = await pipe.execute(raise_on_error=False)
         claimed = 0
         for tenant_id, result in zip(self._tenants, results, strict=True):
             if isinstance(result, Exception):
