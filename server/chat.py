@@ -6,10 +6,12 @@ from collections import OrderedDict
 from typing import Literal
 
 from protocol.errors import ForbiddenError, NotFoundError
+from server.auth import scopes
 from server.auth.authority import scope_for, scope_for_system
 from server.auth.principal import Principal
 from server.broker.base import Broker, ChannelSeed, Draft, Published, SeedSource
 from storage.models import Channel, Message
+from storage.scope import TenantScope
 from storage.store import Store
 
 Action = Literal["read", "history", "write", "presence"]
@@ -32,26 +34,47 @@ class Chat:
         """The channel ``name`` if ``principal`` may do ``action`` on it.
 
         A private channel the caller is not a member of, and any channel of another tenant,
-        is reported exactly like one that does not exist.
+        is reported exactly like one that does not exist. An agent sees only the channels
+        its token's scopes reach (``server.auth.scopes``), and may do only the actions they
+        grant there.
         """
         scope = scope_for(principal)
-        key = (principal.tenant_id, name)
+        if principal.kind == "agent":
+            grants = principal.scopes or ()
+            if not scopes.mentions(grants, name):
+                raise NotFoundError("no such channel")  # decided before any lookup
+            channel = await self._by_name(scope, name)
+            if not scopes.mentions(grants, name, private=channel.private):
+                raise NotFoundError("no such channel")
+            if not scopes.permits(grants, name, action, private=channel.private):
+                raise ForbiddenError(f"this token does not allow {action} on this channel")
+            return channel
+        if principal.kind != "user":
+            raise ForbiddenError("not allowed on this channel")
+        channel = await self._by_name(scope, name)
+        if channel.private and not await self.store.channels.is_member(
+            scope, channel.id, principal.id
+        ):
+            raise NotFoundError("no such channel")
+        return channel
+
+    async def _by_name(self, scope: TenantScope, name: str) -> Channel:
+        key = (scope.tenant_id, name)
         channel = self._known.get(key)
         if channel is None:
             channel = await self.store.channels.by_name(scope, name)
             self._known[key] = channel
             if len(self._known) > KNOWN_CHANNELS:
                 self._known.popitem(last=False)
-        if channel.private and not await self.store.channels.is_member(
-            scope, channel.id, principal.id
-        ):
-            raise NotFoundError("no such channel")
-        if principal.kind != "user":
-            raise ForbiddenError("not allowed on this channel")
         return channel
 
     def forget_channel(self, tenant_id: str, name: str) -> None:
         self._known.pop((tenant_id, name), None)
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drop what is remembered of a deleted tenant's channels."""
+        for key in [k for k in self._known if k[0] == tenant_id]:
+            del self._known[key]
 
     async def publish(
         self, principal: Principal, channel: Channel, body: str, client_msg_id: str | None
@@ -75,9 +98,18 @@ class Chat:
         recent = await self.broker.recent(principal.tenant_id, channel.id, since)
         if recent is not None:
             return recent[:limit]
-        return await self.store.messages.after(
+        stored = await self.store.messages.after(
             scope_for(principal), channel.id, channel.name, since, limit
         )
+        if len(stored) < limit:
+            # The store trails the broker by what the workers have not written yet; a
+            # broker that fans out before persisting still has that tail in its window.
+            tail = await self.broker.recent(
+                principal.tenant_id, channel.id, stored[-1].seq if stored else since
+            )
+            if tail:
+                stored.extend(tail[: limit - len(stored)])
+        return stored
 
     async def head(self, principal: Principal, channel: Channel) -> int:
         return await self.store.messages.last_seq(scope_for(principal), channel.id)

@@ -89,6 +89,22 @@ def serve(host: str, port: int) -> None:
 
 
 @main.command()
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+def worker(workers: int) -> None:
+    """Run persistence workers against the shared log (no HTTP). Gateways of the same
+    cluster run with BAYCHAT_EMBEDDED_WORKER=0."""
+    import logging
+
+    from server.workers import run_workers
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        asyncio.run(run_workers(Settings.from_env(), workers))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
 def migrate() -> None:
     """Apply pending schema migrations (as the owner role)."""
     settings = Settings.from_env()
@@ -152,6 +168,43 @@ def user_create(tenant_slug: str, email: str, role: str, password_stdin: bool) -
     _emit(_run(work))
 
 
+@main.group()
+def audit() -> None:
+    """Inspect the audit log."""
+
+
+@audit.command("verify")
+@click.argument("tenant_slug", required=False)
+def audit_verify(tenant_slug: str | None) -> None:
+    """Walk each tenant's hash chain (or TENANT_SLUG's); exit 1 naming the first entry
+    altered, removed or reordered."""
+
+    async def work(store: Store) -> list[dict[str, Any]]:
+        tenants = [await store.tenants.by_slug(tenant_slug)] if tenant_slug else None
+        reports = []
+        for found in tenants or await store.tenants.all():
+            checked, problem = await store.audit.verify(scope_for_operator(found.id))
+            report: dict[str, Any] = {"tenant": found.slug, "entries": checked, "ok": not problem}
+            if problem is not None:
+                report["problem"] = {
+                    "kind": problem.kind,
+                    "seq": problem.seq,
+                    "entry_id": problem.entry_id,
+                    "detail": problem.describe(),
+                }
+            reports.append(report)
+        return reports
+
+    reports = _run(work)
+    for report in reports:
+        _emit(report)
+    broken = [r for r in reports if not r["ok"]]
+    for report in broken:
+        click.echo(f"{report['tenant']}: {report['problem']['detail']}", err=True)
+    if broken:
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--slug", default="demo", show_default=True)
 def demo(slug: str) -> None:
@@ -187,6 +240,19 @@ def demo(slug: str) -> None:
         ' {"type": "auth", "token": "<access_token>"} instead)',
         err=True,
     )
+
+
+def _register_operations() -> None:
+    from server.cli_data import backup, restore, tenant_delete
+    from server.cli_keys import keys
+
+    main.add_command(keys)
+    main.add_command(backup)
+    main.add_command(restore)
+    tenant.add_command(tenant_delete)
+
+
+_register_operations()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class Settings:
     jwt_audience: str = "baychat"
     access_ttl_s: int = 900
     refresh_ttl_s: int = 30 * 24 * 3600
+    credential_cache_s: float = 30.0
     max_frame_bytes: int = 65536
     max_body_bytes: int = 16384
     max_http_body_bytes: int = 65536
@@ -61,6 +62,11 @@ class Settings:
     password_memory_kib: int = 19456
     password_parallelism: int = 1
     node_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    key_reload_s: float = 10.0
+    backup_dir: Path | None = None  # BAYCHAT_BACKUP_DIR, else data_dir/backups
+    backup_key: str = ""  # BAYCHAT_BACKUP_KEY (base64), else data_dir/secrets/backup.key
+    backup_keep_days: int = 35
+    backup_database_url: str = ""  # pg_dump's connection (BYPASSRLS); default: owner URL
     # -- boundary hardening (docs/SECURITY.md, "Boundary hardening") ----------------------
     max_connections_per_user: int = 20  # per gateway process
     cors_origins: tuple[str, ...] = ()  # exact origins allowed to call the HTTP API cross-site
@@ -91,6 +97,10 @@ class Settings:
     def secrets_dir(self) -> Path:
         return self.data_dir / "secrets"
 
+    @property
+    def backups_dir(self) -> Path:
+        return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
+
     @classmethod
     def from_env(cls) -> Settings:
         data_dir = Path(_env("DATA_DIR", "data"))
@@ -109,6 +119,7 @@ class Settings:
             jwt_audience=_env("JWT_AUDIENCE", "baychat"),
             access_ttl_s=min(_int("ACCESS_TTL", 900), 900),
             refresh_ttl_s=_int("REFRESH_TTL", 30 * 24 * 3600),
+            credential_cache_s=_float("CREDENTIAL_CACHE", 30.0),
             max_frame_bytes=_int("MAX_FRAME_BYTES", 65536),
             max_body_bytes=_int("MAX_BODY_BYTES", 16384),
             max_http_body_bytes=_int("MAX_HTTP_BODY_BYTES", 65536),
@@ -122,6 +133,11 @@ class Settings:
             password_time_cost=_int("PASSWORD_TIME_COST", 2),
             password_memory_kib=_int("PASSWORD_MEMORY_KIB", 19456),
             password_parallelism=_int("PASSWORD_PARALLELISM", 1),
+            key_reload_s=_float("KEY_RELOAD_INTERVAL", 10.0),
+            backup_dir=Path(_env("BACKUP_DIR", str(data_dir / "backups"))),
+            backup_key=_env("BACKUP_KEY", ""),
+            backup_keep_days=_int("BACKUP_KEEP_DAYS", 35),
+            backup_database_url=_env("BACKUP_DATABASE_URL", ""),
             max_connections_per_user=_int("MAX_CONNECTIONS_PER_USER", 20),
             cors_origins=_list("CORS_ORIGINS", ()),
             allowed_origins=_list("ALLOWED_ORIGINS", ()),
