@@ -25,6 +25,7 @@ UNLIMITED = {
             "login_account",
             "login_account_ip",
             "http_write",
+            "token_create",
             "ws_connect",
             "ws_frames",
             "publish_connection",
