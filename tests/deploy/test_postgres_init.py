@@ -1,0 +1,140 @@
+"""deploy/postgres/init-roles.sh, the script the postgres container runs on its first start,
+run here against the real Postgres with fresh names: it must create a database owned by an
+owner role and an application role that owns nothing, neither privileged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+import pytest
+
+from tests.backends import POSTGRES_ADMIN_URL, unavailable
+from tests.deploy.compose import REPO
+
+SCRIPT = REPO / "deploy" / "postgres" / "init-roles.sh"
+
+
+@dataclass(frozen=True)
+class Initialised:
+    database: str
+    owner: str
+    app: str
+    owner_url: str
+    app_url: str
+
+
+def _libpq_env() -> dict[str, str]:
+    parts = urlsplit(POSTGRES_ADMIN_URL)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PGHOST": parts.hostname or "127.0.0.1",
+        "PGPORT": str(parts.port or 5432),
+        "POSTGRES_USER": parts.username or "postgres",
+        "POSTGRES_DB": parts.path.lstrip("/") or "postgres",
+    }
+    if parts.password:
+        env["PGPASSWORD"] = parts.password
+    return env
+
+
+@pytest.fixture
+async def initialised() -> AsyncIterator[Initialised]:
+    import asyncpg
+
+    if shutil.which("psql") is None:
+        unavailable("psql", "not on PATH")
+    try:
+        admin = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        unavailable("PostgreSQL", exc)
+        raise AssertionError("unreachable") from exc
+    tag = secrets.token_hex(4)
+    names = Initialised(f"bci_{tag}", f"bci_{tag}_owner", f"bci_{tag}_app", "", "")
+    # A quote in a password must reach Postgres as data, not as SQL.
+    owner_pw, app_pw = f"o'{secrets.token_hex(8)}", secrets.token_hex(16)
+    env = {
+        **_libpq_env(),
+        "BAYCHAT_DB_NAME": names.database,
+        "BAYCHAT_DB_OWNER": names.owner,
+        "BAYCHAT_DB_APP": names.app,
+        "BAYCHAT_DB_OWNER_PASSWORD": owner_pw,
+        "BAYCHAT_DB_APP_PASSWORD": app_pw,
+    }
+    host = f"{env['PGHOST']}:{env['PGPORT']}"
+    try:
+        script = await asyncio.create_subprocess_exec(
+            "sh", str(SCRIPT), env=env, stdout=PIPE, stderr=PIPE
+        )
+        _, stderr = await asyncio.wait_for(script.communicate(), 60)
+        assert script.returncode == 0, stderr.decode()
+        yield Initialised(
+            names.database,
+            names.owner,
+            names.app,
+            f"postgresql://{names.owner}:{quote(owner_pw)}@{host}/{names.database}",
+            f"postgresql://{names.app}:{app_pw}@{host}/{names.database}",
+        )
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {names.database} WITH (FORCE)")
+        await admin.execute(f"DROP ROLE IF EXISTS {names.app}")
+        await admin.execute(f"DROP ROLE IF EXISTS {names.owner}")
+        await admin.close()
+
+
+async def test_script_creates_an_owner_and_an_unprivileged_app_role(
+    initialised: Initialised,
+) -> None:
+    import asyncpg
+
+    admin = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        roles = await admin.fetch(
+            "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolbypassrls, rolcanlogin"
+            " FROM pg_roles WHERE rolname = ANY($1::text[])",
+            [initialised.owner, initialised.app],
+        )
+        owner = await admin.fetchval(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            initialised.database,
+        )
+    finally:
+        await admin.close()
+    assert len(roles) == 2
+    for role in roles:
+        assert role["rolcanlogin"], role
+        assert not any(
+            role[flag] for flag in ("rolsuper", "rolcreatedb", "rolcreaterole", "rolbypassrls")
+        ), role
+    assert owner == initialised.owner
+
+
+async def test_owner_owns_the_schema_and_the_app_role_may_only_connect(
+    initialised: Initialised,
+) -> None:
+    import asyncpg
+
+    as_owner = await asyncpg.connect(initialised.owner_url)
+    try:
+        await as_owner.execute("CREATE TABLE probe (id int)")
+        schema_owner = await as_owner.fetchval(
+            "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'"
+        )
+    finally:
+        await as_owner.close()
+    assert schema_owner == initialised.owner
+
+    as_app = await asyncpg.connect(initialised.app_url)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await as_app.execute("CREATE TABLE public.intruder (id int)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await as_app.fetch("SELECT * FROM public.probe")
+    finally:
+        await as_app.close()
