@@ -15,7 +15,9 @@ from protocol.errors import BayChatError
 from server.auth.authority import scope_for_operator
 from server.auth.passwords import PasswordPolicyError
 from server.config import Settings
-from server.runtime import make_passwords, open_store
+from server.runtime import app_role, make_passwords, open_store
+from storage.engine import PrivilegedRoleError
+from storage.migrations import SchemaVersionError
 from storage.migrations import migrate as run_migrations
 from storage.models import PLANS, ROLES
 from storage.store import Store
@@ -34,10 +36,11 @@ def _run(work: Callable[[Store], Awaitable[T]], *, owner: bool = False) -> T:
     async def main() -> T:
         if settings.migrate_on_start or owner:
             owner_store = open_store(settings, owner=True)
-            await owner_store.open(migrate_schema=True)
+            await owner_store.open(migrate_schema=True, app_role=app_role(settings))
             await owner_store.close()
         store = open_store(settings, owner=owner)
-        await store.open()
+        # The owner's connection is the migrating one: only the application's is role-checked.
+        await store.open(migrate_schema=owner, app_role=app_role(settings))
         try:
             return await work(store)
         finally:
@@ -45,7 +48,7 @@ def _run(work: Callable[[Store], Awaitable[T]], *, owner: bool = False) -> T:
 
     try:
         return asyncio.run(main())
-    except (BayChatError, PasswordPolicyError) as exc:
+    except (BayChatError, PasswordPolicyError, PrivilegedRoleError, SchemaVersionError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -87,7 +90,7 @@ def migrate() -> None:
         store = open_store(settings, owner=True)
         await store.engine.open()
         try:
-            return await run_migrations(store.engine)
+            return await run_migrations(store.engine, app_role=app_role(settings))
         finally:
             await store.close()
 

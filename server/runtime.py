@@ -15,6 +15,7 @@ from server.broker.base import Broker, open_broker
 from server.chat import Chat, seed_source
 from server.config import Settings
 from server.node import Node, shutdown_connections
+from storage.engine import database_user
 from storage.keys import MasterKeyring, TenantKeyStore
 from storage.store import Store
 from storage.worker import PersistenceLog, PersistenceWorker
@@ -37,6 +38,11 @@ def load_signing_keys(settings: Settings) -> SigningKeys:
 def open_store(settings: Settings, *, owner: bool = False) -> Store:
     url = settings.database_owner_url if owner else settings.database_url
     return Store.from_url(url, load_keyring(settings), TenantKeyStore(settings.keystore_dir))
+
+
+def app_role(settings: Settings) -> str | None:
+    """The role that migrations grant privileges to: the user of the application URL."""
+    return database_user(settings.database_url)
 
 
 def make_passwords(settings: Settings) -> Passwords:
@@ -63,7 +69,7 @@ class Runtime:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if settings.migrate_on_start:
             owner_store = open_store(settings, owner=True)
-            await owner_store.open(migrate_schema=True)
+            await owner_store.open(migrate_schema=True, app_role=app_role(settings))
             await owner_store.close()
         store = open_store(settings)
         await store.open()

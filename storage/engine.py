@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
+from urllib.parse import unquote, urlsplit
 
 Row = Mapping[str, Any]
 Dialect = Literal["sqlite", "postgres"]
+
+
+class PrivilegedRoleError(RuntimeError):
+    """The application is connected with a role that row-level security does not bind."""
 
 
 class Tx(Protocol):
@@ -39,6 +44,14 @@ class Engine(Protocol):
 
     async def close(self) -> None: ...
 
+    async def check_role(self) -> None:
+        """Raise ``PrivilegedRoleError`` if this connection's role could bypass tenant
+        isolation in the database (it owns a table, is a superuser or has BYPASSRLS, itself
+        or through a role it can become). Gateways and workers call it at start-up; the
+        migration path, which must own the schema, does not. A no-op where the database
+        enforces nothing (SQLite)."""
+        ...
+
     def transaction(
         self, name: str, *, tenant_id: str | None = None, write: bool = False
     ) -> AbstractAsyncContextManager[Tx]:
@@ -51,6 +64,12 @@ class Engine(Protocol):
         ...
 
 
+def database_user(url: str) -> str | None:
+    """The role a database URL logs in as (None when the URL names none, as SQLite's)."""
+    user = urlsplit(url).username
+    return unquote(user) if user else None
+
+
 def open_engine(url: str) -> Engine:
     """Choose the engine by URL scheme; imports are lazy so SQLite users need no driver."""
     if url.startswith("sqlite:"):
@@ -58,7 +77,7 @@ def open_engine(url: str) -> Engine:
 
         return SQLiteEngine(url)
     if url.startswith(("postgres://", "postgresql://")):
-        from storage.postgres import PostgresEngine  # type: ignore[import-not-found,unused-ignore]
+        from storage.postgres import PostgresEngine
 
         engine: Engine = PostgresEngine(url)
         return engine

@@ -92,6 +92,11 @@ class SQLiteEngine:
                 await conn.close()
         self._writer = self._reader = None
 
+    async def check_role(self) -> None:
+        # A SQLite file has no roles: whoever can open it can read it. Isolation rests on
+        # the scoped repositories, which is why only Postgres has a role to check.
+        return None
+
     @asynccontextmanager
     async def transaction(
         self, name: str, *, tenant_id: str | None = None, write: bool = False

@@ -28,11 +28,20 @@ class Store:
     def from_url(cls, url: str, keyring: MasterKeyring, keystore: TenantKeyStore) -> Store:
         return cls(open_engine(url), MessageCipher(keyring, keystore))
 
-    async def open(self, *, migrate_schema: bool = False) -> None:
+    async def open(self, *, migrate_schema: bool = False, app_role: str | None = None) -> None:
+        """Open, then either migrate (the owner's connection; ``app_role`` receives the
+        grants) or refuse a role that could bypass tenant isolation (everyone else's).
+        Either way the schema version must match this code."""
         await self.engine.open()
-        if migrate_schema:
-            await migrate(self.engine)
-        await check_version(self.engine)
+        try:
+            if migrate_schema:
+                await migrate(self.engine, app_role=app_role)
+            else:
+                await self.engine.check_role()
+            await check_version(self.engine)
+        except BaseException:
+            await self.engine.close()
+            raise
 
     async def close(self) -> None:
         await self.engine.close()

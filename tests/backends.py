@@ -24,6 +24,11 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("BAYCHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRED = os.environ.get("BAYCHAT_REQUIRE_BACKENDS") == "1"
 
+# A module opts into running once per store with ``pytestmark = on_every_store``: its
+# ``database`` fixture (tests/conftest.py), and so ``server`` and ``store``, take each value.
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+on_every_store = pytest.mark.parametrize("database", STORES, indirect=True, scope="module")
+
 
 def unavailable(what: str, why: object) -> None:
     message = f"{what} not reachable ({why})"
@@ -82,6 +87,23 @@ async def fresh_postgres() -> AsyncIterator[PostgresDatabase]:
         await admin.execute(f"DROP ROLE IF EXISTS {app}")
         await admin.execute(f"DROP ROLE IF EXISTS {owner}")
         await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def migrated_postgres() -> AsyncIterator[PostgresDatabase]:
+    """``fresh_postgres()`` with the schema migrated by the owner role, as `baychat migrate`
+    does it (the application role receives its grants)."""
+    from storage.engine import open_engine
+    from storage.migrations import migrate
+
+    async with fresh_postgres() as db:
+        engine = open_engine(db.owner_url)
+        await engine.open()
+        try:
+            await migrate(engine, app_role=db.app_role)
+        finally:
+            await engine.close()
+        yield db
 
 
 async def shared_redis_url() -> str:

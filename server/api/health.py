@@ -16,7 +16,8 @@ async def readyz(request: Request) -> Response:
     runtime = runtime_of(request)
     checks: dict[str, bool] = {"broker": runtime.broker.ready()}
     try:
-        await runtime.store.tenants.by_slug("\x00readiness-probe")
+        # No slug starts with "-"; a NUL would do too on SQLite but Postgres rejects it.
+        await runtime.store.tenants.by_slug("-readiness-probe")
     except Exception as exc:  # a NotFoundError means the store answered
         checks["store"] = exc.__class__.__name__ == "NotFoundError"
     ready = all(checks.values())

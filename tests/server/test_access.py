@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.backends import on_every_store
 from tests.harness import LiveServer, expect, publish, send, subscribe
+
+pytestmark = on_every_store
 
 
 async def _error_for(ws: Any, frame: dict[str, Any]) -> dict[str, Any]:

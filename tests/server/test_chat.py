@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.backends import on_every_store
 from tests.harness import (
     LiveServer,
     expect,
@@ -13,6 +14,8 @@ from tests.harness import (
     send,
     subscribe,
 )
+
+pytestmark = on_every_store
 
 
 async def test_two_users_chat_and_history_is_decrypted(server: LiveServer) -> None:
