@@ -5,12 +5,15 @@ owner role and an application role that owns nothing, neither privileged."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
+import sys
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -138,3 +141,49 @@ async def test_owner_owns_the_schema_and_the_app_role_may_only_connect(
             await as_app.fetch("SELECT * FROM public.probe")
     finally:
         await as_app.close()
+
+
+async def test_migrate_as_owner_then_the_app_role_serves_as_compose_wires_them(
+    initialised: Initialised, tmp_path: Path
+) -> None:
+    # docker-compose.yml's migrate service: both URLs; then a CLI (like a gateway) with the
+    # application URL only, no migrations on start.
+    base = {**os.environ, "BAYCHAT_DATA_DIR": str(tmp_path)}
+    migrate = await _baychat(
+        {
+            **base,
+            "BAYCHAT_DATABASE_OWNER_URL": initialised.owner_url,
+            "BAYCHAT_DATABASE_URL": initialised.app_url,
+        },
+        "migrate",
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    assert json.loads(migrate.stdout)["applied"]
+
+    app_env = {**base, "BAYCHAT_DATABASE_URL": initialised.app_url, "BAYCHAT_MIGRATE_ON_START": "0"}
+    created = await _baychat(app_env, "tenant", "create", "init-check")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["slug"] == "init-check"
+
+    # The owner is refused where the application role belongs (fail closed).
+    as_owner = await _baychat(
+        {**app_env, "BAYCHAT_DATABASE_URL": initialised.owner_url}, "tenant", "create", "nope"
+    )
+    assert as_owner.returncode != 0
+    assert "refusing to start" in as_owner.stderr
+
+
+@dataclass
+class _Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def _baychat(env: dict[str, str], *args: str) -> _Done:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server.cli", *args, env=env, stdout=PIPE, stderr=PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return _Done(process.returncode, stdout.decode(), stderr.decode())
