@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -175,8 +176,6 @@ async def test_forwarded_headers_are_set_by_caddy_not_the_client(edge: Edge) -> 
 
 
 async def test_plain_http_redirects_to_https(edge: Edge) -> None:
-    import httpx
-
     async with httpx.AsyncClient(timeout=5) as http:
         response = await http.get(f"{edge.http_url}/echo?x=1")
     assert response.status_code == 308
@@ -224,3 +223,11 @@ def test_tls11_is_refused_by_the_server(edge: Edge) -> None:
     with pytest.raises(ssl.SSLError) as refused:
         handshake(edge, context).close()
     assert "PROTOCOL_VERSION" in str(refused.value).upper().replace(" ", "_")
+
+
+async def test_admin_endpoint_answers_the_compose_health_check(edge: Edge) -> None:
+    # docker-compose.yml's caddy health check: GET /config/ on the loopback admin address.
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.get(f"http://127.0.0.1:{edge.admin_port}/config/")
+    assert response.status_code == 200
+    assert response.json()["apps"]["http"]["servers"]
