@@ -102,10 +102,15 @@ def test_adapted_config_has_tls_policy_headers_and_balancing(mode_env: dict[str,
     assert proxy["health_checks"]["active"]["uri"] == "/readyz"
 
 
-def test_default_upstreams_are_the_compose_gateways(tmp_path: Path) -> None:
-    env = _env(tmp_path)
-    del env["BAYCHAT_UPSTREAMS"]
-    proxy = _handlers(_adapted(env))["reverse_proxy"]
+def test_defaults_are_the_compose_deployment(tmp_path: Path) -> None:
+    env = _env(tmp_path, **PUBLIC)
+    for name in ("BAYCHAT_UPSTREAMS", "BAYCHAT_BIND", "BAYCHAT_HTTPS_PORT", "BAYCHAT_HTTP_PORT"):
+        del env[name]
+    config = _adapted(env)
+    [server] = config["apps"]["http"]["servers"].values()
+    assert server["listen"] == [":443"]  # every interface
+    assert config["apps"]["http"]["http_port"] == 80
+    proxy = _handlers(config)["reverse_proxy"]
     assert [u["dial"] for u in proxy["upstreams"]] == ["gateway-1:8000", "gateway-2:8000"]
 
 
