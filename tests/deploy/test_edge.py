@@ -5,6 +5,7 @@ speak to Caddy, over HTTPS and ``wss://``, trusting nothing but Caddy's internal
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -23,7 +24,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.backends import free_port
+from tests.backends import PostgresDatabase, free_port, fresh_postgres
 from tests.deploy.caddy import Edge, running_edge
 from tests.harness import TIMEOUT, expect, expect_messages, publish, send, subscribe
 
@@ -125,24 +126,35 @@ class Cluster:
         return ws
 
 
-def _embedded_env(data_dir: Path) -> dict[str, str]:
+def _cluster_env(data_dir: Path, db: PostgresDatabase) -> dict[str, str]:
+    """What docker-compose.yml gives a gateway, with local addresses."""
+    master = base64.b64encode(secrets.token_bytes(32)).decode()
+    jwt = {"active": "k1", "keys": {"k1": base64.b64encode(secrets.token_bytes(32)).decode()}}
     return {
         **os.environ,
         "BAYCHAT_DATA_DIR": str(data_dir),
-        # Only Caddy's address may set X-Forwarded-* (read once the gateway supports it).
+        "BAYCHAT_KEYSTORE_DIR": str(data_dir / "keys"),
+        "BAYCHAT_DATABASE_URL": db.app_url,
+        "BAYCHAT_MASTER_KEYS": f"1:{master}",
+        "BAYCHAT_JWT_KEYS": json.dumps(jwt),
+        "BAYCHAT_MIGRATE_ON_START": "0",
+        # X-Forwarded-* is believed from Caddy's address only.
         "BAYCHAT_TRUSTED_PROXIES": "127.0.0.1",
     }
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    env = _embedded_env(tmp_path / "data")
-    demo = _cli(env, "demo", "--slug", f"edge-{secrets.token_hex(3)}")
-    with (
-        gateways(env, 1, tmp_path) as started,
-        running_edge([g.address for g in started], tmp_path / "caddy") as edge,
-    ):
-        yield Cluster(edge, started, demo)
+    async with fresh_postgres() as db:
+        env = _cluster_env(tmp_path / "data", db)
+        # The compose `migrate` service: both URLs, once, before any gateway starts.
+        _cli({**env, "BAYCHAT_DATABASE_OWNER_URL": db.owner_url}, "migrate")
+        demo = _cli(env, "demo", "--slug", f"edge-{secrets.token_hex(3)}")
+        with (
+            gateways(env, 1, tmp_path) as started,
+            running_edge([g.address for g in started], tmp_path / "caddy") as edge,
+        ):
+            yield Cluster(edge, started, demo)
 
 
 async def test_two_clients_chat_over_wss_through_caddy(cluster: Cluster) -> None:
