@@ -25,6 +25,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Known vulnerabilities in installed dependencies (pip-audit); see .ci/audit.py.
+audit: $(STAMP)
+	$(BIN)/python .ci/audit.py
+
 check: lint typecheck test
 
 clean:

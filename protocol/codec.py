@@ -14,6 +14,7 @@ _decoder = msgspec.json.Decoder(ClientFrame)
 _encoder = msgspec.json.Encoder()
 _any_decoder = msgspec.json.Decoder()
 _FIELD_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_NAMED_FIELD = re.compile(r"(?:unknown|required) field `([^`]*)`")
 
 
 def decode_client_frame(data: str | bytes) -> ClientFrame:
@@ -24,6 +25,13 @@ def decode_client_frame(data: str | bytes) -> ClientFrame:
         raise _classify(data, str(exc)) from None
     except msgspec.DecodeError:
         raise ProtocolError("frame is not a JSON object", code=ErrorCode.BAD_FRAME) from None
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _too_deep() -> ProtocolError:
+    # msgspec decodes nested JSON recursively; a deep enough nest exhausts the stack.
+    return ProtocolError("JSON is nested too deeply", code=ErrorCode.BAD_FRAME)
 
 
 def _classify(data: str | bytes, detail: str) -> ProtocolError:
@@ -31,6 +39,8 @@ def _classify(data: str | bytes, detail: str) -> ProtocolError:
         raw = _any_decoder.decode(data)
     except msgspec.DecodeError:
         return ProtocolError("frame is not a JSON object", code=ErrorCode.BAD_FRAME)
+    except RecursionError:
+        return _too_deep()
     if not isinstance(raw, dict):
         return ProtocolError("frame must be a JSON object", code=ErrorCode.BAD_FRAME)
     error = _classify_object(raw, detail)
@@ -55,7 +65,24 @@ def _classify_object(raw: dict[str, object], detail: str) -> ProtocolError:
             code=ErrorCode.UNKNOWN_TYPE,
         )
     # msgspec messages name the field path and the expectation, never the offending value.
-    return ProtocolError(detail, code=ErrorCode.INVALID_FIELD)
+    return invalid_field(detail)
+
+
+def invalid_field(detail: str, prefix: str = "") -> ProtocolError:
+    """An ``invalid_field`` error from a msgspec validation message, naming the field."""
+    return ProtocolError(
+        f"{prefix}{detail}", code=ErrorCode.INVALID_FIELD, field=_field_path(detail)
+    )
+
+
+def _field_path(detail: str) -> str | None:
+    named = _NAMED_FIELD.search(detail)
+    at = _FIELD_PATH.search(detail)
+    if named and at and at.group(1):
+        return f"{at.group(1)}.{named.group(1)}"
+    if named:
+        return named.group(1)
+    return at.group(1) if at else None
 
 
 def encode(frame: ServerFrame) -> bytes:
@@ -64,5 +91,4 @@ def encode(frame: ServerFrame) -> bytes:
 
 def field_of(error: ProtocolError) -> str | None:
     """The field path an ``invalid_field`` error refers to, when msgspec named one."""
-    match = _FIELD_PATH.search(error.message)
-    return match.group(1) if match else None
+    return error.field or _field_path(error.message)

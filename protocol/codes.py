@@ -45,6 +45,8 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     REVOKED = "revoked"
     NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     CONFLICT = "conflict"
     RATE_LIMITED = "rate_limited"
     NOT_SUBSCRIBED = "not_subscribed"

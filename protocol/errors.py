@@ -36,6 +36,8 @@ ERROR_TABLE: dict[ErrorCode, WireMapping] = {
     ErrorCode.REVOKED: WireMapping(401, CloseCode.REVOKED),
     ErrorCode.FORBIDDEN: WireMapping(403, None),
     ErrorCode.NOT_FOUND: WireMapping(404, None),
+    ErrorCode.METHOD_NOT_ALLOWED: WireMapping(405, None),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: WireMapping(415, None),
     ErrorCode.CONFLICT: WireMapping(409, None),
     ErrorCode.RATE_LIMITED: WireMapping(429, None),
     ErrorCode.NOT_SUBSCRIBED: WireMapping(409, None),
@@ -63,6 +65,12 @@ class ProtocolError(BayChatError):
     code = ErrorCode.BAD_FRAME
     default_message = "malformed frame"
     request_id: str | int | None = None  # the frame's `id`, when it could be read
+
+    def __init__(
+        self, message: str | None = None, *, code: ErrorCode | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.field = field  # the offending field's path, when one is to blame
 
 
 class AuthError(BayChatError):

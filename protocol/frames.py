@@ -10,15 +10,26 @@ from typing import Annotated
 
 import msgspec
 
+
+def whole(pattern: str) -> str:
+    """Anchor ``pattern`` to the whole string. Python's ``$`` also matches before a trailing
+    newline (so "general\\n" would pass ``^[a-z]+$``); ``(?![\\s\\S])`` means "end of input"
+    in Python and in the ECMAScript regexes of JSON Schema alike."""
+    return f"^(?:{pattern})(?![\\s\\S])"
+
+
 # A channel name is part of URLs and Redis keys: keep it to a safe alphabet.
 ChannelName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.\-]*$")
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[a-z0-9][a-z0-9_.\-]*"))
 ]
 RequestId = (
     Annotated[str, msgspec.Meta(max_length=64)] | Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 )
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# No control characters: ids are stored as text, and Postgres text cannot hold a NUL.
+ClientMsgId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 # Hard ceiling of the schema; the configured (smaller) body limit is enforced by the gateway.
 Body = Annotated[str, msgspec.Meta(max_length=1_048_576)]
@@ -161,6 +172,7 @@ class ErrorOut(msgspec.Struct, tag="error", **_server):
     code: str
     message: str
     retry_after: float | None = None
+    field: str | None = None  # the offending field's path, for invalid_field
     id: RequestId | None = None
 
 

@@ -65,6 +65,7 @@ def serve(host: str, port: int) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.logs import logging_config, uvicorn_level
 
     settings = Settings.from_env()
     uvicorn.run(
@@ -75,9 +76,13 @@ def serve(host: str, port: int) -> None:
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_timeout_s,
+        # X-Forwarded-* are read by server.proxies, and only from BAYCHAT_TRUSTED_PROXIES.
         proxy_headers=False,
         server_header=False,
-        log_level="info",
+        log_config=logging_config(settings.log_format, settings.log_level),
+        log_level=uvicorn_level(settings.log_level),
+        # server.middleware writes the access log (path without query string, request id).
+        access_log=False,
     )
 
 
@@ -174,8 +179,10 @@ def demo(slug: str) -> None:
         "\nLog in:\n  curl -s localhost:8000/api/v1/auth/login -H 'content-type: application/json'"
         f' -d \'{{"tenant": "{slug}", "email": "alice@example.com",'
         f' "password": "{password}"}}\'\n'
-        "then connect to ws://localhost:8000/ws and send"
-        ' {"type": "auth", "token": "<access_token>"}',
+        "then connect to ws://localhost:8000/ws with the header"
+        " 'Authorization: Bearer <access_token>' (clients that send no Origin must; a"
+        " browser page on BAYCHAT_ALLOWED_ORIGINS sends"
+        ' {"type": "auth", "token": "<access_token>"} instead)',
         err=True,
     )
 

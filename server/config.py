@@ -25,6 +25,13 @@ def _bool(name: str, default: bool) -> bool:
     return _env(name, "1" if default else "0").lower() in {"1", "true", "yes", "on"}
 
 
+def _list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = os.environ.get(f"BAYCHAT_{name}")
+    if raw is None:
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path = Path("data")
@@ -53,6 +60,31 @@ class Settings:
     password_memory_kib: int = 19456
     password_parallelism: int = 1
     node_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    # -- boundary hardening (docs/SECURITY.md, "Boundary hardening") ----------------------
+    max_connections_per_user: int = 20  # per gateway process
+    cors_origins: tuple[str, ...] = ()  # exact origins allowed to call the HTTP API cross-site
+    # Exact origins whose pages may open /ws. Empty: no browser page may; clients that send no
+    # Origin (bots, CLIs) must put a bearer token on the handshake.
+    allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # addresses/CIDRs whose X-Forwarded-* are believed
+    hsts_max_age_s: int = 63_072_000
+    log_format: str = "json"  # json | text
+    log_level: str = "info"
+    # Rate limits: `limits` notation ("5/minute", "100 per 10 seconds"). Counters live in
+    # memory, or in Redis (shared by every gateway) when rate_limit_url or broker_url is redis.
+    rate_limit_url: str = ""
+    rate_limit_prefix: str = "baychat"
+    rate_login_ip: str = "30/minute"
+    rate_login_account: str = "20/minute"
+    rate_login_account_ip: str = "5/minute"
+    rate_refresh: str = "30/minute"
+    rate_token_create: str = "10/minute"  # noqa: S105 - a rate, not a secret
+    rate_http_write: str = "120/minute"
+    rate_ws_connect: str = "60/minute"
+    rate_ws_frames: str = "200/10 seconds"
+    rate_publish_connection: str = "100/10 seconds"
+    rate_publish_user: str = "300/10 seconds"
+    rate_flood_strikes: int = 20  # rate-limited frames in a row before the socket is closed
 
     @property
     def secrets_dir(self) -> Path:
@@ -88,6 +120,26 @@ class Settings:
             password_time_cost=_int("PASSWORD_TIME_COST", 2),
             password_memory_kib=_int("PASSWORD_MEMORY_KIB", 19456),
             password_parallelism=_int("PASSWORD_PARALLELISM", 1),
+            max_connections_per_user=_int("MAX_CONNECTIONS_PER_USER", 20),
+            cors_origins=_list("CORS_ORIGINS", ()),
+            allowed_origins=_list("ALLOWED_ORIGINS", ()),
+            trusted_proxies=_list("TRUSTED_PROXIES", ()),
+            hsts_max_age_s=_int("HSTS_MAX_AGE", 63_072_000),
+            log_format=_env("LOG_FORMAT", "json"),
+            log_level=_env("LOG_LEVEL", "info"),
+            rate_limit_url=_env("RATE_LIMIT_URL", ""),
+            rate_limit_prefix=_env("RATE_LIMIT_PREFIX", "baychat"),
+            rate_login_ip=_env("RATE_LOGIN_IP", "30/minute"),
+            rate_login_account=_env("RATE_LOGIN_ACCOUNT", "20/minute"),
+            rate_login_account_ip=_env("RATE_LOGIN_ACCOUNT_IP", "5/minute"),
+            rate_refresh=_env("RATE_REFRESH", "30/minute"),
+            rate_token_create=_env("RATE_TOKEN_CREATE", "10/minute"),
+            rate_http_write=_env("RATE_HTTP_WRITE", "120/minute"),
+            rate_ws_connect=_env("RATE_WS_CONNECT", "60/minute"),
+            rate_ws_frames=_env("RATE_WS_FRAMES", "200/10 seconds"),
+            rate_publish_connection=_env("RATE_PUBLISH_CONNECTION", "100/10 seconds"),
+            rate_publish_user=_env("RATE_PUBLISH_USER", "300/10 seconds"),
+            rate_flood_strikes=_int("RATE_FLOOD_STRIKES", 20),
         )
 
     def with_(self, **changes: object) -> Settings:

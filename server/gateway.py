@@ -1,8 +1,13 @@
 """The WebSocket endpoint: a thin adapter between a socket and the protocol.
 
-Life of a connection: authenticate (bearer header on the handshake, or an ``auth`` frame
-within ``auth_timeout``), send ``ready``, then read frames one at a time and answer each.
-A connection lives no longer than its access token unless a ``refresh`` frame extends it.
+Life of a connection: the handshake is checked before it is accepted (an ``Origin`` must
+be on the allowlist; a client without one must bring a bearer token in the
+``Authorization`` header; connects are rate-limited per client address), then
+authenticate (that bearer header, or an ``auth`` frame within ``auth_timeout``), send
+``ready``, then read frames one at a time and answer each. Frames are rate-limited per
+connection (and publishes per user); a connection that keeps going past its limits is
+closed with ``RATE_LIMITED``. A connection lives no longer than its access token unless a
+``refresh`` frame extends it.
 """
 
 from __future__ import annotations
@@ -16,11 +21,20 @@ from typing import TYPE_CHECKING
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol import frames as f
-from protocol.codec import decode_client_frame, encode
+from protocol.codec import decode_client_frame, encode, field_of
 from protocol.codes import CloseCode, ErrorCode
-from protocol.errors import AuthError, BayChatError, ForbiddenError, ProtocolError
+from protocol.errors import (
+    AuthError,
+    BayChatError,
+    ForbiddenError,
+    ProtocolError,
+    RateLimitedError,
+)
+from server.api.http import bearer_token, client_ip, error_response, request_id
 from server.auth.principal import Principal
 from server.connection import Connection, Subscription
+from server.logs import bind
+from server.origins import OriginPolicy
 from server.transport import AsgiTransport
 from storage.models import Channel, Message
 
@@ -43,23 +57,55 @@ def _message_frame(message: Message) -> f.MessageOut:
     )
 
 
-def _bearer(websocket: WebSocket) -> str | None:
-    header = websocket.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+async def _deny(websocket: WebSocket, exc: BayChatError, why: str) -> None:
+    """Refuse the handshake with an HTTP error response (the socket is never accepted)."""
+    _log.info("handshake refused", extra={"event": "ws.denied", "reason": why})
+    await websocket.send_denial_response(error_response(exc, request_id(websocket)))
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     runtime: Runtime = websocket.app.state.runtime
+    origins: OriginPolicy = websocket.app.state.origin_policy
+    origin = websocket.headers.get("origin")
+    has_bearer = bearer_token(websocket) is not None
+    if origin is not None and not origins.allows(origin):
+        await _deny(websocket, ForbiddenError("origin not allowed"), "origin")
+        return
+    if origin is None and not has_bearer:
+        # Not a browser (browsers always send Origin): it must authenticate up front.
+        await _deny(
+            websocket,
+            AuthError("clients that send no Origin must send an Authorization bearer token"),
+            "no origin, no bearer",
+        )
+        return
+    ip = client_ip(websocket)
+    _log.info(
+        "websocket connect",
+        extra={"event": "ws.connect", "client_ip": ip, "browser": origin is not None},
+    )
     await websocket.accept()
     transport = AsgiTransport(websocket, runtime.settings.send_queue_frames)
     session = ClientSession(runtime, websocket, transport)
+    started = time.monotonic()
     try:
+        try:
+            await runtime.limiter.hit("ws_connect", ip)
+        except RateLimitedError as exc:
+            session._error(exc, None)
+            session._close(CloseCode.RATE_LIMITED, "too many connections from this address")
+            return
         await session.run()
     finally:
         await session.teardown()
+        _log.info(
+            "websocket closed",
+            extra={
+                "event": "ws.close",
+                "close_code": int(transport.close_code) if transport.close_code else None,
+                "duration_s": round(time.monotonic() - started, 3),
+            },
+        )
 
 
 class ClientSession:
@@ -72,6 +118,7 @@ class ClientSession:
         self._expiry: asyncio.TimerHandle | None = None
         self._warning: asyncio.TimerHandle | None = None
         self._last_typing: dict[str, float] = {}
+        self._strikes = 0  # rate-limited frames in a row
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -79,8 +126,22 @@ class ClientSession:
         principal = await self._authenticate()
         if principal is None:
             return
+        hub = self.runtime.node.hub
+        if (
+            hub.count_of(principal.tenant_id, principal.id)
+            >= self.settings.max_connections_per_user
+        ):
+            _log.warning("too many connections", extra={"event": "ws.too_many_connections"})
+            self._send(
+                f.ErrorOut(
+                    code=ErrorCode.RATE_LIMITED, message="too many connections for this user"
+                )
+            )
+            self._close(CloseCode.RATE_LIMITED, "too many connections for this user")
+            return
         self.conn = Connection(self.transport, principal)
-        self.runtime.node.hub.register(self.conn)
+        bind(conn_id=self.conn.id)
+        hub.register(self.conn)
         self._schedule_expiry(principal.expires_at)
         self._send(
             f.Ready(
@@ -97,7 +158,7 @@ class ClientSession:
 
     async def _authenticate(self) -> Principal | None:
         auth = self.runtime.auth
-        token = _bearer(self.websocket)
+        token = bearer_token(self.websocket)
         if token is None:
             try:
                 raw = await asyncio.wait_for(self._receive(), self.settings.auth_timeout_s)
@@ -117,11 +178,20 @@ class ClientSession:
             token = frame.token
             self._auth_request_id = frame.id
         try:
-            return auth.authenticate(token)
+            principal = auth.authenticate(token)
         except AuthError as exc:
+            _log.info(
+                "access token refused", extra={"event": "auth.token_refused", "code": exc.code}
+            )
             code = exc.wire.close_code or CloseCode.UNAUTHORIZED
             self._close(code, exc.message)
             return None
+        bind(tenant_id=principal.tenant_id)
+        _log.info(
+            "websocket authenticated",
+            extra={"event": "auth.ws", "principal_id": principal.id, "kind": principal.kind},
+        )
+        return principal
 
     async def _receive(self) -> str | bytes | None:
         try:
@@ -143,19 +213,35 @@ class ClientSession:
                 return
             request_id: f.RequestId | None = None
             try:
+                await self._limit("ws_frames", self._conn_key)
                 if isinstance(raw, bytes):
                     raise ProtocolError("binary frames are not part of protocol v1")
                 frame = decode_client_frame(raw)
                 request_id = frame.id
+                if isinstance(frame, f.Publish):
+                    await self._limit("publish_connection", self._conn_key)
+                    await self._limit("publish_user", self._user_key)
+                self._strikes = 0
                 await self._dispatch(frame)
+            except RateLimitedError as exc:
+                self._strikes += 1
+                self._error(exc, request_id)
+                if self._strikes >= self.runtime.limiter.flood_strikes:
+                    _log.warning("closing a flooding connection", extra={"event": "ws.flood"})
+                    self._close(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
             except ProtocolError as exc:
                 self._error(exc, request_id if request_id is not None else exc.request_id)
             except BayChatError as exc:
                 self._error(exc, request_id)
             except Exception:
-                _log.exception("frame handling failed")
+                ref = self.conn.id if self.conn else "-"
+                _log.exception("frame handling failed", extra={"event": "ws.error"})
                 self._send(
-                    f.ErrorOut(code=ErrorCode.INTERNAL, message="internal error", id=request_id)
+                    f.ErrorOut(
+                        code=ErrorCode.INTERNAL,
+                        message=f"internal error (ref {ref})",
+                        id=request_id,
+                    )
                 )
 
     async def teardown(self) -> None:
@@ -180,6 +266,19 @@ class ClientSession:
 
     # -- helpers ------------------------------------------------------------------------
 
+    @property
+    def _conn_key(self) -> tuple[str, ...]:
+        assert self.conn is not None
+        return (self.conn.id,)
+
+    @property
+    def _user_key(self) -> tuple[str, ...]:
+        principal = self.principal
+        return (principal.tenant_id, principal.kind, principal.id)
+
+    async def _limit(self, policy: str, key: tuple[str, ...]) -> None:
+        await self.runtime.limiter.hit(policy, *key)
+
     def _send(self, frame: f.ServerFrame) -> None:
         self.transport.send(encode(frame))
 
@@ -188,8 +287,15 @@ class ClientSession:
 
     def _error(self, exc: BayChatError, request_id: f.RequestId | None) -> None:
         retry_after = getattr(exc, "retry_after", None)
+        field = field_of(exc) if isinstance(exc, ProtocolError) else None
         self._send(
-            f.ErrorOut(code=exc.code, message=exc.message, retry_after=retry_after, id=request_id)
+            f.ErrorOut(
+                code=exc.code,
+                message=exc.message,
+                retry_after=retry_after,
+                field=field,
+                id=request_id,
+            )
         )
         close_code = exc.wire.close_code
         if close_code is not None:

@@ -20,14 +20,28 @@ class Hub:
     def __init__(self) -> None:
         self._channels: dict[ChannelKey, dict[str, Connection]] = {}
         self._connections: dict[str, Connection] = {}
+        self._per_principal: dict[tuple[str, str], int] = {}
         self.deliveries = 0
 
     def register(self, conn: Connection) -> None:
+        if conn.id not in self._connections:
+            key = (conn.principal.tenant_id, conn.principal.id)
+            self._per_principal[key] = self._per_principal.get(key, 0) + 1
         self._connections[conn.id] = conn
+
+    def count_of(self, tenant_id: str, principal_id: str) -> int:
+        """This node's open connections of one user or agent."""
+        return self._per_principal.get((tenant_id, principal_id), 0)
 
     def unregister(self, conn: Connection) -> list[ChannelKey]:
         """Forget ``conn``; return the channels that now have no local subscriber."""
-        self._connections.pop(conn.id, None)
+        if self._connections.pop(conn.id, None) is not None:
+            key = (conn.principal.tenant_id, conn.principal.id)
+            left = self._per_principal.get(key, 1) - 1
+            if left > 0:
+                self._per_principal[key] = left
+            else:
+                self._per_principal.pop(key, None)
         emptied = []
         for channel_id in list(conn.subscriptions):
             key = (conn.principal.tenant_id, channel_id)

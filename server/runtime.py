@@ -15,6 +15,7 @@ from server.broker.base import Broker, open_broker
 from server.chat import Chat, seed_source
 from server.config import Settings
 from server.node import Node, shutdown_connections
+from server.ratelimit import RateLimiter
 from storage.engine import database_user
 from storage.keys import MasterKeyring, TenantKeyStore
 from storage.store import Store
@@ -63,9 +64,11 @@ class Runtime:
     chat: Chat
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     worker: PersistenceWorker | None = None
+    limiter: RateLimiter = field(kw_only=True)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
+        limiter = RateLimiter(settings)  # first: a bad rate setting fails before any I/O
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if settings.migrate_on_start:
             owner_store = open_store(settings, owner=True)
@@ -86,7 +89,7 @@ class Runtime:
             store, broker, make_passwords(settings), access, refresh_ttl_s=settings.refresh_ttl_s
         )
         chat = Chat(store, broker, recovery_limit=settings.recovery_limit)
-        runtime = cls(settings, store, broker, node, auth, chat)
+        runtime = cls(settings, store, broker, node, auth, chat, limiter=limiter)
         if settings.embedded_worker:
             runtime.start_worker(broker)  # type: ignore[arg-type]
         return runtime
@@ -107,3 +110,4 @@ class Runtime:
                 await task
         await self.broker.close()
         await self.store.close()
+        await self.limiter.close()

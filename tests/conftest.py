@@ -31,3 +31,12 @@ async def server(database: PostgresDatabase | None, tmp_path: Path) -> AsyncIter
         )
     async with live_server(settings) as live:
         yield live
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveServer]:
+    """One server for a whole test module (mark the module
+    ``pytestmark = pytest.mark.asyncio(loop_scope="module")``); tests keep apart by making
+    their own tenants."""
+    async with live_server(make_settings(tmp_path_factory.mktemp("server"))) as live:
+        yield live

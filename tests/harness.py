@@ -26,16 +26,40 @@ from storage.models import Channel, Role, Tenant, User
 
 PASSWORD = "correct horse battery staple"
 TIMEOUT = 5.0
+# The web app's origin in tests: on the server's WebSocket allowlist, and sent by `connect`
+# (like a browser) unless a test passes its own `origin=` (None: send no Origin at all).
+ORIGIN = "https://app.baychat.test"
+
+
+# End-to-end tests log in, connect and publish in bursts from 127.0.0.1: rate limits far
+# above what they do, so that only the tests of rate limiting (which set their own) meet one.
+RELAXED_LIMITS: dict[str, Any] = {
+    name: "100000/minute"
+    for name in (
+        "rate_login_ip",
+        "rate_login_account",
+        "rate_login_account_ip",
+        "rate_refresh",
+        "rate_token_create",
+        "rate_http_write",
+        "rate_ws_connect",
+        "rate_ws_frames",
+        "rate_publish_connection",
+        "rate_publish_user",
+    )
+}
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    overrides = {**RELAXED_LIMITS, **overrides}
     base = Settings(
         data_dir=data_dir,
         database_url=f"sqlite:///{data_dir / 'baychat.db'}",
         database_owner_url=f"sqlite:///{data_dir / 'baychat.db'}",
         keystore_dir=data_dir / "keys",
+        allowed_origins=(ORIGIN,),
     )
-    return base.with_(**overrides) if overrides else base
+    return base.with_(**overrides)
 
 
 @dataclass
@@ -99,6 +123,7 @@ class LiveServer:
 
     async def connect(self, token: str | None = None, **kwargs: Any) -> ClientConnection:
         kwargs.setdefault("close_timeout", 0.5)
+        kwargs.setdefault("origin", ORIGIN)
         ws = await websockets.connect(self.ws_url, open_timeout=TIMEOUT, **kwargs)
         self.clients.append(ws)
         if token is not None:
@@ -129,6 +154,10 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
         log_level="warning",
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,
+        ws_ping_interval=settings.ping_interval_s,
+        ws_ping_timeout=settings.ping_timeout_s,
+        server_header=False,
+        proxy_headers=False,  # as `baychat serve`: server.proxies decides whom to believe
         lifespan="on",
     )
     server = uvicorn.Server(config)

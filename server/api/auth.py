@@ -5,9 +5,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.api.http import json_response, read_body, runtime_of
+from server.api.http import client_ip, json_response, read_body, runtime_of
 from server.api.schemas import LoginRequest, RefreshRequest, TokenResponse
 from server.auth.service import TokenPair
+from server.ratelimit import account_key
 
 
 def _tokens(pair: TokenPair) -> Response:
@@ -17,15 +18,24 @@ def _tokens(pair: TokenPair) -> Response:
     )
 
 
+def login_account(request: Request) -> tuple[str, ...]:
+    """Rate-limit key: the account a login names (hashed), whether or not it exists."""
+    body: LoginRequest = request.state.body
+    return (account_key(body.tenant, body.email),)
+
+
+def login_account_ip(request: Request) -> tuple[str, ...]:
+    return (*login_account(request), client_ip(request))
+
+
 async def login(request: Request) -> Response:
     body = await read_body(request, LoginRequest)
-    client = request.client.host if request.client else ""
     pair = await runtime_of(request).auth.login(
         body.tenant,
         body.email,
         body.password,
         user_agent=request.headers.get("user-agent", ""),
-        ip=client,
+        ip=client_ip(request),
     )
     return _tokens(pair)
 

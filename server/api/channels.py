@@ -5,17 +5,25 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from protocol.codes import ErrorCode
-from protocol.errors import ForbiddenError, NotFoundError, ProtocolError
-from server.api.http import authenticate, json_response, read_body, runtime_of
+from protocol.errors import ForbiddenError, NotFoundError
+from server.api.http import (
+    authenticate,
+    json_response,
+    params_of,
+    query_of,
+    read_body,
+    runtime_of,
+)
 from server.api.schemas import (
     ChannelCreate,
     ChannelList,
     ChannelOut,
+    ChannelPath,
     MemberAdd,
     MemberOut,
     MessageList,
     MessageOut,
+    MessagesQuery,
 )
 from server.auth.authority import scope_for
 from storage.models import Channel
@@ -23,18 +31,6 @@ from storage.models import Channel
 
 def _channel(channel: Channel) -> ChannelOut:
     return ChannelOut(channel.id, channel.name, channel.private, channel.created_at)
-
-
-def _query_int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ProtocolError(
-            f"query parameter `{name}` must be an integer in [{low}, {high}]",
-            code=ErrorCode.INVALID_FIELD,
-        )
-    return int(raw)
 
 
 async def list_channels(request: Request) -> Response:
@@ -59,15 +55,14 @@ async def add_member(request: Request) -> Response:
     principal = authenticate(request)
     body = await read_body(request, MemberAdd)
     runtime = runtime_of(request)
+    name = params_of(request, ChannelPath).name
     # Members of a private channel, and tenant admins, may add people to it.
     try:
-        channel = await runtime.chat.channel(principal, request.path_params["name"], "read")
+        channel = await runtime.chat.channel(principal, name, "read")
     except NotFoundError:
         if not principal.is_admin:
             raise
-        channel = await runtime.store.channels.by_name(
-            scope_for(principal), request.path_params["name"]
-        )
+        channel = await runtime.store.channels.by_name(scope_for(principal), name)
     scope = scope_for(principal)
     user = await runtime.store.users.by_email(scope, body.email.lower())
     added = await runtime.store.channels.add_member(scope, channel.id, user.id)
@@ -77,11 +72,10 @@ async def add_member(request: Request) -> Response:
 async def list_messages(request: Request) -> Response:
     principal = authenticate(request)
     runtime = runtime_of(request)
-    before = _query_int(request, "before", None, 1, 2**53)
-    limit = _query_int(request, "limit", 50, 1, 200)
-    assert limit is not None
-    channel = await runtime.chat.channel(principal, request.path_params["name"], "history")
-    messages = await runtime.chat.history(principal, channel, before, limit)
+    query = query_of(request, MessagesQuery)
+    name = params_of(request, ChannelPath).name
+    channel = await runtime.chat.channel(principal, name, "history")
+    messages = await runtime.chat.history(principal, channel, query.before, query.limit)
     return json_response(
         MessageList(
             channel.name,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from server.api.http import runtime_of
+from server.api.http import json_response, runtime_of
+from server.api.schemas import Health, Readiness
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return json_response(Health("ok"))
 
 
 async def readyz(request: Request) -> Response:
@@ -21,4 +22,4 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:  # a NotFoundError means the store answered
         checks["store"] = exc.__class__.__name__ == "NotFoundError"
     ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
+    return json_response(Readiness(ready, checks), 200 if ready else 503)

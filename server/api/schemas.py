@@ -6,14 +6,38 @@ from typing import Annotated
 
 import msgspec
 
-from protocol.frames import ChannelName
+from protocol.frames import ChannelName, HistoryLimit, Seq, whole
 
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
-Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
-Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-OpaqueToken = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+# No "@", whitespace or control character in either part. Python's \s and ECMAScript's \s
+# (JSON Schema) disagree on a few code points; listing them makes both dialects agree.
+_EMAIL_PART = r"[^@\s\x00-\x1f\x7f-\x9f\ufeff]+"
+Email = Annotated[
+    str, msgspec.Meta(min_length=3, max_length=254, pattern=whole(f"{_EMAIL_PART}@{_EMAIL_PART}"))
+]
+Slug = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[a-z0-9][a-z0-9-]*"))
+]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=whole(r"[^\x00]*"))]
+OpaqueToken = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=512, pattern=whole(r"[A-Za-z0-9._~-]+"))
+]
 
 _strict = {"forbid_unknown_fields": True}
+
+
+# -- path and query parameters (decoded from strings, so numbers are converted) ----------
+
+
+class ChannelPath(msgspec.Struct, **_strict):
+    name: ChannelName
+
+
+class MessagesQuery(msgspec.Struct, **_strict):
+    before: Seq | None = None
+    limit: HistoryLimit = 50
+
+
+# -- bodies -------------------------------------------------------------------------------
 
 
 class LoginRequest(msgspec.Struct, **_strict):
@@ -72,11 +96,22 @@ class MessageList(msgspec.Struct):
     messages: list[MessageOut]
 
 
-class ErrorBody(msgspec.Struct):
-    code: str
-    message: str
-    field: str | None = None
+class ErrorBody(msgspec.Struct, kw_only=True):
+    code: str  # a stable ErrorCode
+    message: str  # safe to show; never internals
+    correlation_id: str  # the request id: quote it to find the server's log lines
+    field: str | None = None  # the offending field, for invalid_field
+    retry_after: float | None = None  # seconds, for rate_limited (also in Retry-After)
 
 
 class ErrorResponse(msgspec.Struct):
     error: ErrorBody
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    ready: bool
+    checks: dict[str, bool]

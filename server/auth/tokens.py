@@ -62,6 +62,18 @@ class SigningKeys:
         kid = uuid.uuid4().hex[:12]
         return cls({kid: secrets.token_bytes(32)}, kid)
 
+    def rotated(self) -> SigningKeys:
+        """A new key signs from now on; every older key still verifies the tokens it signed
+        (until they expire), so a rotation logs nobody out."""
+        kid = uuid.uuid4().hex[:12]
+        return SigningKeys({**self.keys, kid: secrets.token_bytes(32)}, kid)
+
+    def retired(self, kid: str) -> SigningKeys:
+        """Without ``kid``: tokens it signed stop verifying. The active key cannot go."""
+        if kid == self.active:
+            raise ValueError("the active JWT key cannot be retired; rotate first")
+        return SigningKeys({k: v for k, v in self.keys.items() if k != kid}, self.active)
+
     @classmethod
     def load_or_create(cls, path: Path) -> SigningKeys:
         write_secret_file(path, cls.generate().to_json())
@@ -105,6 +117,10 @@ class AccessTokens:
             headers={"kid": self.keys.active},
         )
         return IssuedToken(token, claims["exp"])
+
+    def use_keys(self, keys: SigningKeys) -> None:
+        """Swap in a rotated key set (takes effect for the next issue and verify)."""
+        self.keys = keys
 
     def verify(self, token: str) -> Principal:
         try:

@@ -55,6 +55,10 @@ async def _still_chatting(server: LiveServer, tenant: object, alice: object, bob
         ('{"type": "subscribe", "channel": "General Chat"}', "invalid_field"),
         ('{"type": "ping", "extra": true}', "invalid_field"),
         ('{"type": "history", "channel": "general", "limit": 100000}', "invalid_field"),
+        (
+            '{"type": "publish", "channel": "general", "body": "b", "client_msg_id": "a\\u0000"}',
+            "invalid_field",
+        ),
     ],
 )
 async def test_malformed_frames_get_an_error_frame_and_the_connection_stays(
@@ -185,8 +189,16 @@ async def test_http_bodies_are_validated(server: LiveServer) -> None:
             "/api/v1/auth/login", json={"tenant": "a", "email": "a@b.c", "password": 1}
         )
         huge = await http.post("/api/v1/auth/login", content=b"x" * 100_000)
+        nul_email = await http.post(
+            "/api/v1/auth/login", json={"tenant": "a", "email": "a\x00@b.c", "password": "p"}
+        )
+        nul_refresh = await http.post(
+            "/api/v1/auth/refresh",
+            json={"refresh_token": "rt1.\x00.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},
+        )
     assert bad_json.status_code == 400
     assert unknown.status_code == 422
     assert wrong_type.status_code == 422
     assert wrong_type.json()["error"]["field"] == "password"
     assert huge.status_code == 413
+    assert nul_email.status_code == nul_refresh.status_code == 422

@@ -33,7 +33,14 @@ def _cli(env: dict[str, str], *args: str, stdin: str = "") -> dict[str, object]:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "BAYCHAT_DATA_DIR": str(tmp_path / "data")}
+    return {
+        **os.environ,
+        "BAYCHAT_DATA_DIR": str(tmp_path / "data"),
+        # 200 publishes in one burst from one connection: above the default rate limits
+        "BAYCHAT_RATE_WS_FRAMES": "10000/minute",
+        "BAYCHAT_RATE_PUBLISH_CONNECTION": "10000/minute",
+        "BAYCHAT_RATE_PUBLISH_USER": "10000/minute",
+    }
 
 
 class Server:
@@ -108,8 +115,10 @@ async def test_acked_messages_survive_sigkill(env: dict[str, str], server: Serve
         assert created.status_code == 201
 
     acked: dict[int, str] = {}
-    async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
-        await send(ws, {"type": "auth", "token": token})
+    # A client without an Origin authenticates on the handshake (docs/PROTOCOL.md).
+    async with websockets.connect(
+        f"ws://127.0.0.1:{server.port}/ws", additional_headers={"Authorization": f"Bearer {token}"}
+    ) as ws:
         await expect(ws, "ready")
         for i in range(200):
             await send(ws, {"type": "publish", "channel": "ops", "body": f"m{i}", "id": i})
@@ -150,8 +159,10 @@ async def test_acked_messages_survive_sigkill(env: dict[str, str], server: Serve
         assert stored.get(seq) == body
     # Stored seqs are gap-free from 1, and publishing continues right after them.
     assert sorted(stored) == list(range(1, len(stored) + 1))
-    async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
-        await send(ws, {"type": "auth", "token": token})
+    # A client without an Origin authenticates on the handshake (docs/PROTOCOL.md).
+    async with websockets.connect(
+        f"ws://127.0.0.1:{server.port}/ws", additional_headers={"Authorization": f"Bearer {token}"}
+    ) as ws:
         await expect(ws, "ready")
         await send(ws, {"type": "publish", "channel": "ops", "body": "after", "id": "x"})
         ack = await expect(ws, "ack")

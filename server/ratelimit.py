@@ -1,0 +1,159 @@
+"""Rate limits: named policies over the ``limits`` library, one module for HTTP and WebSocket.
+
+Counters live in process memory in the embedded form, and in Redis when
+``BAYCHAT_RATE_LIMIT_URL`` (or, failing that, ``BAYCHAT_BROKER_URL``) is a Redis URL, so
+that every gateway of a cluster shares one counter per key. Per-connection policies always
+count in memory: a connection lives on one gateway, and its counter dies with it.
+
+Guarantees of ``RateLimiter.hit``:
+
+* it consumes one unit of the policy's budget for the key and returns, or raises
+  ``RateLimitedError`` with ``retry_after`` (seconds) when the budget is spent;
+* when the counter storage cannot be reached, a ``fail_closed`` policy (authentication)
+  raises ``UnavailableError`` (the request is refused) and any other policy lets the call
+  through (fail open) and logs that it did.
+
+Keys never hold an email address in the clear: account keys are hashed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+
+from protocol.errors import RateLimitedError, UnavailableError
+from server.config import Settings
+
+_log = logging.getLogger("baychat.ratelimit")
+STORAGE_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    setting: str  # the Settings field (BAYCHAT_<SETTING>) that holds its rate
+    fail_closed: bool = False
+    local: bool = False  # counted in this process only (per-connection budgets)
+
+
+POLICIES: dict[str, Policy] = {
+    p.name: p
+    for p in (
+        Policy("login_ip", "rate_login_ip", fail_closed=True),
+        Policy("login_account", "rate_login_account", fail_closed=True),
+        Policy("login_account_ip", "rate_login_account_ip", fail_closed=True),
+        Policy("refresh", "rate_refresh", fail_closed=True),
+        Policy("token_create", "rate_token_create", fail_closed=True),
+        Policy("http_write", "rate_http_write"),
+        Policy("ws_connect", "rate_ws_connect"),
+        Policy("ws_frames", "rate_ws_frames", local=True),
+        Policy("publish_connection", "rate_publish_connection", local=True),
+        Policy("publish_user", "rate_publish_user"),
+    )
+}
+
+
+def storage_url(settings: Settings) -> str:
+    """Where shared counters live: an explicit URL, else the broker's Redis, else memory."""
+    if settings.rate_limit_url:
+        return settings.rate_limit_url
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return settings.broker_url
+    return "memory://"
+
+
+def account_key(tenant: str, email: str) -> str:
+    """A stable, non-reversible counter key for a login account."""
+    return hashlib.sha256(f"{tenant}\x00{email.lower()}".encode()).hexdigest()[:32]
+
+
+def _open_storage(url: str, prefix: str) -> Storage:
+    if url.startswith("memory:"):
+        return MemoryStorage()
+    if url.startswith(("redis://", "rediss://")):
+        return RedisStorage(
+            f"async+{url}",
+            implementation="redispy",
+            key_prefix=f"{prefix}:rl",
+            socket_timeout=STORAGE_TIMEOUT_S,
+            socket_connect_timeout=STORAGE_TIMEOUT_S,
+        )
+    raise ValueError("unsupported rate limit storage URL (use memory:// or redis://)")
+
+
+class RateLimiter:
+    def __init__(self, settings: Settings) -> None:
+        self._items: dict[str, RateLimitItem] = {}
+        for policy in POLICIES.values():
+            rate = getattr(settings, policy.setting)
+            try:
+                self._items[policy.name] = parse(rate)
+            except ValueError:
+                raise ValueError(f"BAYCHAT_{policy.setting.upper()}: bad rate {rate!r}") from None
+        self._shared_storage = _open_storage(storage_url(settings), settings.rate_limit_prefix)
+        self._local_storage = MemoryStorage()
+        # Shared budgets (logins, writes) use an exact moving window: no double burst at a
+        # window edge, and no approximation that lets an extra attempt through right after
+        # one. Per-connection budgets are checked on every frame, so they use the cheapest
+        # strategy: a fixed window that starts at the connection's first frame.
+        self._shared = MovingWindowRateLimiter(self._shared_storage)
+        self._local = FixedWindowRateLimiter(self._local_storage)
+        self.flood_strikes = settings.rate_flood_strikes
+
+    async def hit(self, policy_name: str, *key: str) -> None:
+        """Consume one unit of ``policy_name`` for ``key`` (see the module docstring)."""
+        policy = POLICIES[policy_name]
+        item = self._items[policy_name]
+        limiter = self._local if policy.local else self._shared
+        try:
+            # Redis calls are bounded by the client's socket timeouts (STORAGE_TIMEOUT_S).
+            if await limiter.hit(item, policy_name, *key):
+                return
+            reset_at, _ = await limiter.get_window_stats(item, policy_name, *key)
+        except Exception as exc:
+            if policy.fail_closed:
+                _log.error(
+                    "rate limit storage unavailable; refusing",
+                    extra={
+                        "event": "rate_limit.unavailable",
+                        "policy": policy_name,
+                        "error": exc.__class__.__name__,
+                    },
+                )
+                raise UnavailableError("rate limiting unavailable; try again later") from None
+            _log.warning(
+                "rate limit storage unavailable; allowing",
+                extra={
+                    "event": "rate_limit.unavailable",
+                    "policy": policy_name,
+                    "error": exc.__class__.__name__,
+                },
+            )
+            return
+        retry_after = max(1.0, round(reset_at - time.time(), 1))
+        _log.warning(
+            "rate limited",
+            extra={"event": "rate_limit.hit", "policy": policy_name, "retry_after": retry_after},
+        )
+        raise RateLimitedError(retry_after, f"rate limit exceeded ({policy_name})")
+
+    async def close(self) -> None:
+        for storage in (self._local_storage, self._shared_storage):
+            timer = getattr(storage, "timer", None)
+            if isinstance(timer, asyncio.Task):
+                timer.cancel()
+        bridge = getattr(self._shared_storage, "bridge", None)
+        client = getattr(bridge, "storage", None)
+        aclose = getattr(client, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:  # already gone; nothing to release
+                _log.debug("rate limit storage close failed")
