@@ -130,11 +130,15 @@ def _wait_ready(edge: Edge, timeout: float = 20.0) -> None:
 
 
 @contextlib.contextmanager
-def running_edge(upstreams: Sequence[str], state: Path) -> Iterator[Edge]:
-    """Caddy with the repository's Caddyfile in front of ``upstreams`` (host:port)."""
+def running_edge(
+    upstreams: Sequence[str], state: Path, https_port: int | None = None
+) -> Iterator[Edge]:
+    """Caddy with the repository's Caddyfile in front of ``upstreams`` (host:port), on
+    ``https_port`` if given (a gateway's allowed Origin names it)."""
     binary = caddy_binary()
     state.mkdir(parents=True, exist_ok=True)
-    https_port, http_port, admin_port = free_port(), free_port(), free_port()
+    https_port = https_port or free_port()
+    http_port, admin_port = free_port(), free_port()
     log = state / "caddy.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(

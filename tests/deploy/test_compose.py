@@ -189,6 +189,8 @@ def test_gateways_and_worker_run_as_cluster_nodes(services: dict[str, dict[str, 
     assert services["worker"]["command"] == ["worker"]
     for name in GATEWAYS:
         assert services[name]["command"][0] == "serve"
+        origins = environment(services[name])["BAYCHAT_ALLOWED_ORIGINS"]
+        assert origins == "https://chat.example.com"  # the site, from .env.example
 
 
 def test_each_secret_reaches_only_the_services_that_need_it(

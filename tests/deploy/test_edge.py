@@ -42,8 +42,13 @@ class Gateway:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def accepted_websockets(self) -> int:
-        return self.log.read_text(errors="replace").count('"WebSocket /ws" [accepted]')
+    def websocket_connects(self) -> list[dict[str, Any]]:
+        """The gateway's own ``ws.connect`` log events (JSON lines)."""
+        events = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"ws.connect"' in line:
+                events.append(json.loads(line))
+        return events
 
 
 def _wait_healthy(gateway: Gateway, timeout: float = 30.0) -> None:
@@ -117,16 +122,35 @@ class Cluster:
         token: str = response.json()["access_token"]
         return token
 
-    async def session(self, email: str) -> ClientConnection:
-        ws = await websockets.connect(
-            self.edge.wss_url, ssl=self.edge.ssl_context(), open_timeout=TIMEOUT, close_timeout=1
+    @property
+    def site_origin(self) -> str:
+        return self.edge.https_url
+
+    async def connect(self, **kwargs: Any) -> ClientConnection:
+        return await websockets.connect(
+            self.edge.wss_url,
+            ssl=self.edge.ssl_context(),
+            open_timeout=TIMEOUT,
+            close_timeout=1,
+            **kwargs,
         )
+
+    async def browser_session(self, email: str) -> ClientConnection:
+        """As a page of the site would: Origin header, then the ``auth`` frame."""
+        ws = await self.connect(origin=self.site_origin)
         await send(ws, {"type": "auth", "token": await self.login(email)})
         await expect(ws, "ready")
         return ws
 
+    async def app_session(self, email: str) -> ClientConnection:
+        """As a native app or bot would: no Origin, a bearer token on the handshake."""
+        token = await self.login(email)
+        ws = await self.connect(additional_headers={"Authorization": f"Bearer {token}"})
+        await expect(ws, "ready")
+        return ws
 
-def _cluster_env(data_dir: Path, db: PostgresDatabase) -> dict[str, str]:
+
+def _cluster_env(data_dir: Path, db: PostgresDatabase, site_origin: str) -> dict[str, str]:
     """What docker-compose.yml gives a gateway, with local addresses."""
     master = base64.b64encode(secrets.token_bytes(32)).decode()
     jwt = {"active": "k1", "keys": {"k1": base64.b64encode(secrets.token_bytes(32)).decode()}}
@@ -140,27 +164,29 @@ def _cluster_env(data_dir: Path, db: PostgresDatabase) -> dict[str, str]:
         "BAYCHAT_MIGRATE_ON_START": "0",
         # X-Forwarded-* is believed from Caddy's address only.
         "BAYCHAT_TRUSTED_PROXIES": "127.0.0.1",
+        "BAYCHAT_ALLOWED_ORIGINS": site_origin,
     }
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     async with fresh_postgres() as db:
-        env = _cluster_env(tmp_path / "data", db)
+        https_port = free_port()
+        env = _cluster_env(tmp_path / "data", db, f"https://localhost:{https_port}")
         # The compose `migrate` service: both URLs, once, before any gateway starts.
         _cli({**env, "BAYCHAT_DATABASE_OWNER_URL": db.owner_url}, "migrate")
         demo = _cli(env, "demo", "--slug", f"edge-{secrets.token_hex(3)}")
         with (
             gateways(env, 1, tmp_path) as started,
-            running_edge([g.address for g in started], tmp_path / "caddy") as edge,
+            running_edge([g.address for g in started], tmp_path / "caddy", https_port) as edge,
         ):
             yield Cluster(edge, started, demo)
 
 
 async def test_two_clients_chat_over_wss_through_caddy(cluster: Cluster) -> None:
     alice_email, bob_email = cluster.demo["users"]
-    alice = await cluster.session(alice_email)
-    bob = await cluster.session(bob_email)
+    alice = await cluster.browser_session(alice_email)
+    bob = await cluster.app_session(bob_email)
     try:
         await subscribe(alice, "general")
         await subscribe(bob, "general")
@@ -174,7 +200,8 @@ async def test_two_clients_chat_over_wss_through_caddy(cluster: Cluster) -> None
     finally:
         await asyncio.gather(alice.close(), bob.close())
     # Both sockets really went through Caddy to a gateway.
-    assert sum(g.accepted_websockets() for g in cluster.gateways) == 2
+    connects = [e for g in cluster.gateways for e in g.websocket_connects()]
+    assert sorted(e["browser"] for e in connects) == [False, True]
 
 
 async def test_api_answers_through_caddy_with_the_edge_headers(cluster: Cluster) -> None:
@@ -187,3 +214,11 @@ async def test_api_answers_through_caddy_with_the_edge_headers(cluster: Cluster)
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     assert response.headers["x-frame-options"] == "DENY"
     assert response.extensions["http_version"] in {b"HTTP/1.1", b"HTTP/2"}
+
+
+async def test_a_foreign_origin_is_refused_through_caddy(cluster: Cluster) -> None:
+    # Caddy passes Origin through untouched, so the gateway's allowlist still decides.
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await cluster.connect(origin="https://evil.example")
+    assert refused.value.response.status_code == 403
+    assert refused.value.response.headers["X-Frame-Options"] == "DENY"
