@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server.middleware import SECURITY_HEADERS
 from tests.deploy.caddy import CADDYFILE, Edge, caddy_binary, edge_env, handshake, running_edge
 
 PUBLIC = {"BAYCHAT_SITE_ADDRESS": "chat.example.com", "BAYCHAT_TLS_ISSUER": "acme"}
@@ -100,6 +101,13 @@ def test_adapted_config_has_tls_policy_headers_and_balancing(mode_env: dict[str,
     assert [u["dial"] for u in proxy["upstreams"]] == ["gw-a:8000", "gw-b:8000"]
     assert proxy["load_balancing"]["selection_policy"] == {"policy": "least_conn"}
     assert proxy["health_checks"]["active"]["uri"] == "/readyz"
+
+
+def test_edge_headers_agree_with_the_gateways_own(tmp_path: Path) -> None:
+    # One policy, two layers: the edge must not weaken (or contradict) what the app sends.
+    edge = _handlers(_adapted(_env(tmp_path)))["headers"]["response"]["set"]
+    for name, value in SECURITY_HEADERS.items():
+        assert edge.get(name) == [value], name
 
 
 def test_defaults_are_the_compose_deployment(tmp_path: Path) -> None:
