@@ -244,3 +244,11 @@ async def test_admin_endpoint_answers_the_compose_health_check(edge: Edge) -> No
         response = await http.get(f"http://127.0.0.1:{edge.admin_port}/config/")
     assert response.status_code == 200
     assert response.json()["apps"]["http"]["servers"]
+
+
+def test_tls12_without_forward_secret_aead_suites_is_refused(edge: Edge) -> None:
+    context = _pinned(ssl.TLSVersion.TLSv1_2, edge)
+    context.set_ciphers("ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:AES128-GCM-SHA256")
+    with pytest.raises(ssl.SSLError) as refused:
+        handshake(edge, context).close()
+    assert "HANDSHAKE_FAILURE" in str(refused.value).upper()
