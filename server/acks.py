@@ -3,6 +3,7 @@ call that created it has returned, so recently persisted ids are remembered brie
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -23,6 +24,25 @@ class AckTracker:
             callback(done)
             return
         self._waiting.setdefault(message_id, []).append(callback)
+
+    async def wait(self, message_id: str, timeout: float) -> Message:
+        """The message once it is persisted; ``TimeoutError`` after ``timeout`` seconds
+        (the waiter is then forgotten)."""
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+
+        def done(message: Message) -> None:
+            if not future.done():
+                future.set_result(message)
+
+        self.expect(message_id, done)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            waiting = self._waiting.get(message_id)
+            if waiting is not None and done in waiting:
+                waiting.remove(done)
+                if not waiting:
+                    del self._waiting[message_id]
 
     def persisted(self, messages: Sequence[Message]) -> None:
         for message in messages:

@@ -19,6 +19,7 @@ from protocol.errors import BayChatError
 from server.api.http import error_response, request_id
 from server.api.openapi import openapi_document
 from server.api.routes import OPERATIONS, build_routes
+from server.auth import redaction
 from server.config import Settings
 from server.gateway import websocket_endpoint
 from server.middleware import Boundary
@@ -60,6 +61,7 @@ def _version() -> str:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    redaction.install()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

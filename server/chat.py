@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from protocol.errors import ForbiddenError, NotFoundError
+from server.auth import scopes
 from server.auth.authority import scope_for, scope_for_system
 from server.auth.principal import Principal
 from server.broker.base import Broker, ChannelSeed, Draft, Published, SeedSource
@@ -25,16 +26,28 @@ class Chat:
         """The channel ``name`` if ``principal`` may do ``action`` on it.
 
         A private channel the caller is not a member of, and any channel of another tenant,
-        is reported exactly like one that does not exist.
+        is reported exactly like one that does not exist. An agent sees only the channels
+        its token's scopes reach (``server.auth.scopes``), and may do only the actions they
+        grant there.
         """
         scope = scope_for(principal)
+        if principal.kind == "agent":
+            grants = principal.scopes or ()
+            if not scopes.mentions(grants, name):
+                raise NotFoundError("no such channel")  # decided before any lookup
+            channel = await self.store.channels.by_name(scope, name)
+            if not scopes.mentions(grants, name, private=channel.private):
+                raise NotFoundError("no such channel")
+            if not scopes.permits(grants, name, action, private=channel.private):
+                raise ForbiddenError(f"this token does not allow {action} on this channel")
+            return channel
+        if principal.kind != "user":
+            raise ForbiddenError("not allowed on this channel")
         channel = await self.store.channels.by_name(scope, name)
         if channel.private and not await self.store.channels.is_member(
             scope, channel.id, principal.id
         ):
             raise NotFoundError("no such channel")
-        if principal.kind != "user":
-            raise ForbiddenError("not allowed on this channel")
         return channel
 
     async def publish(

@@ -150,6 +150,43 @@ def user_create(tenant_slug: str, email: str, role: str, password_stdin: bool) -
     _emit(_run(work))
 
 
+@main.group()
+def audit() -> None:
+    """Inspect the audit log."""
+
+
+@audit.command("verify")
+@click.argument("tenant_slug", required=False)
+def audit_verify(tenant_slug: str | None) -> None:
+    """Walk each tenant's hash chain (or TENANT_SLUG's); exit 1 naming the first entry
+    altered, removed or reordered."""
+
+    async def work(store: Store) -> list[dict[str, Any]]:
+        tenants = [await store.tenants.by_slug(tenant_slug)] if tenant_slug else None
+        reports = []
+        for found in tenants or await store.tenants.all():
+            checked, problem = await store.audit.verify(scope_for_operator(found.id))
+            report: dict[str, Any] = {"tenant": found.slug, "entries": checked, "ok": not problem}
+            if problem is not None:
+                report["problem"] = {
+                    "kind": problem.kind,
+                    "seq": problem.seq,
+                    "entry_id": problem.entry_id,
+                    "detail": problem.describe(),
+                }
+            reports.append(report)
+        return reports
+
+    reports = _run(work)
+    for report in reports:
+        _emit(report)
+    broken = [r for r in reports if not r["ok"]]
+    for report in broken:
+        click.echo(f"{report['tenant']}: {report['problem']['detail']}", err=True)
+    if broken:
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--slug", default="demo", show_default=True)
 def demo(slug: str) -> None:

@@ -47,6 +47,7 @@ class Settings:
     jwt_audience: str = "baychat"
     access_ttl_s: int = 900
     refresh_ttl_s: int = 30 * 24 * 3600
+    credential_cache_s: float = 30.0
     max_frame_bytes: int = 65536
     max_body_bytes: int = 16384
     max_http_body_bytes: int = 65536
@@ -108,6 +109,7 @@ class Settings:
             jwt_audience=_env("JWT_AUDIENCE", "baychat"),
             access_ttl_s=min(_int("ACCESS_TTL", 900), 900),
             refresh_ttl_s=_int("REFRESH_TTL", 30 * 24 * 3600),
+            credential_cache_s=_float("CREDENTIAL_CACHE", 30.0),
             max_frame_bytes=_int("MAX_FRAME_BYTES", 65536),
             max_body_bytes=_int("MAX_BODY_BYTES", 16384),
             max_http_body_bytes=_int("MAX_HTTP_BODY_BYTES", 65536),

@@ -31,7 +31,7 @@ from protocol.errors import (
     RateLimitedError,
 )
 from server.api.http import bearer_token, client_ip, error_response, request_id
-from server.auth.principal import Principal
+from server.auth.principal import NEVER, Principal
 from server.connection import Connection, Subscription
 from server.logs import bind
 from server.origins import OriginPolicy
@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger("baychat.gateway")
 EXPIRY_WARNING_S = 60
 TYPING_INTERVAL_S = 1.0
+# An agent token may never expire; its connection re-checks the token this often anyway,
+# so that a lost control event cannot keep a revoked agent listening.
+AGENT_RECHECK_S = 60.0
 
 
 def _message_frame(message: Message) -> f.MessageOut:
@@ -117,6 +120,7 @@ class ClientSession:
         self.conn: Connection | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._warning: asyncio.TimerHandle | None = None
+        self._recheck: asyncio.Task[None] | None = None
         self._last_typing: dict[str, float] = {}
         self._strikes = 0  # rate-limited frames in a row
 
@@ -143,6 +147,8 @@ class ClientSession:
         bind(conn_id=self.conn.id)
         hub.register(self.conn)
         self._schedule_expiry(principal.expires_at)
+        if principal.kind == "agent":
+            self._recheck = asyncio.create_task(self._recheck_agent(), name="agent-recheck")
         self._send(
             f.Ready(
                 session=self.conn.id,
@@ -178,7 +184,7 @@ class ClientSession:
             token = frame.token
             self._auth_request_id = frame.id
         try:
-            principal = auth.authenticate(token)
+            principal = await auth.authenticate(token)
         except AuthError as exc:
             _log.info(
                 "access token refused", extra={"event": "auth.token_refused", "code": exc.code}
@@ -218,6 +224,7 @@ class ClientSession:
                     raise ProtocolError("binary frames are not part of protocol v1")
                 frame = decode_client_frame(raw)
                 request_id = frame.id
+                await self._recheck_principal()
                 if isinstance(frame, f.Publish):
                     await self._limit("publish_connection", self._conn_key)
                     await self._limit("publish_user", self._user_key)
@@ -248,6 +255,8 @@ class ClientSession:
         for handle in (self._expiry, self._warning):
             if handle is not None:
                 handle.cancel()
+        if self._recheck is not None:
+            self._recheck.cancel()
         conn = self.conn
         if conn is not None:
             node = self.runtime.node
@@ -306,6 +315,9 @@ class ClientSession:
         for handle in (self._expiry, self._warning):
             if handle is not None:
                 handle.cancel()
+        self._expiry = self._warning = None
+        if expires_at >= NEVER:
+            return
         remaining = expires_at - time.time()
         self._expiry = loop.call_later(
             max(remaining, 0), self._close, CloseCode.TOKEN_EXPIRED, "access token expired"
@@ -314,6 +326,23 @@ class ClientSession:
         self._warning = loop.call_later(
             max(warn_in, 0), self._send, f.Expiring(expires_at=expires_at)
         )
+
+    async def _recheck_principal(self) -> None:
+        """Every frame is authorised as of its arrival: the credential must still be live,
+        and the current role or scopes apply (cheap: a cache hit)."""
+        conn = self.conn
+        assert conn is not None
+        conn.principal = await self.runtime.auth.current(conn.principal)
+
+    async def _recheck_agent(self) -> None:
+        while self.transport.close_code is None:
+            await asyncio.sleep(AGENT_RECHECK_S)
+            try:
+                await self._recheck_principal()
+            except AuthError as exc:
+                self._close(exc.wire.close_code or CloseCode.REVOKED, exc.message)
+            except Exception:
+                _log.warning("agent credential re-check failed; trying again later")
 
     @property
     def principal(self) -> Principal:
@@ -487,7 +516,7 @@ class ClientSession:
     async def _refresh(self, frame: f.Refresh) -> None:
         conn = self.conn
         assert conn is not None
-        fresh = self.runtime.auth.authenticate(frame.token)
+        fresh = await self.runtime.auth.authenticate(frame.token)
         current = conn.principal
         if (fresh.tenant_id, fresh.id, fresh.kind) != (current.tenant_id, current.id, current.kind):
             raise ForbiddenError("token belongs to another identity")

@@ -7,7 +7,10 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from server.accounts import Accounts
+from server.agents import AgentAdmin
 from server.auth.authority import scope_for_system
+from server.auth.credentials import CredentialCache
 from server.auth.passwords import Passwords
 from server.auth.service import AuthService
 from server.auth.tokens import AccessTokens, SigningKeys
@@ -62,6 +65,8 @@ class Runtime:
     node: Node
     auth: AuthService
     chat: Chat
+    accounts: Accounts
+    agents: AgentAdmin
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     worker: PersistenceWorker | None = None
     limiter: RateLimiter = field(kw_only=True)
@@ -85,11 +90,21 @@ class Runtime:
             audience=settings.jwt_audience,
             ttl_s=settings.access_ttl_s,
         )
+        credentials = CredentialCache(settings.credential_cache_s)
+        node.add_control_listener(credentials.on_control)
+        passwords = make_passwords(settings)
         auth = AuthService(
-            store, broker, make_passwords(settings), access, refresh_ttl_s=settings.refresh_ttl_s
+            store,
+            broker,
+            passwords,
+            access,
+            refresh_ttl_s=settings.refresh_ttl_s,
+            credentials=credentials,
         )
         chat = Chat(store, broker, recovery_limit=settings.recovery_limit)
-        runtime = cls(settings, store, broker, node, auth, chat, limiter=limiter)
+        accounts = Accounts(store, broker, passwords)
+        agents = AgentAdmin(store, broker)
+        runtime = cls(settings, store, broker, node, auth, chat, accounts, agents, limiter=limiter)
         if settings.embedded_worker:
             runtime.start_worker(broker)  # type: ignore[arg-type]
         return runtime

@@ -4,6 +4,8 @@ is indistinguishable from one that does not exist."""
 from __future__ import annotations
 
 from protocol.errors import ConflictError, NotFoundError
+from storage.audit import AuditLog
+from storage.auditchain import OPERATOR, Actor, AuditRecord
 from storage.engine import Engine, Row
 from storage.ids import new_id, now_ms
 from storage.models import Channel
@@ -22,8 +24,9 @@ def _channel(row: Row) -> Channel:
 
 
 class Channels:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, audit: AuditLog | None = None) -> None:
         self._engine = engine
+        self._audit = audit or AuditLog(engine)
 
     async def create(
         self, scope: TenantScope, name: str, *, private: bool, created_by: str
@@ -80,11 +83,12 @@ class Channels:
             )
         return [_channel(row) for row in scope.check_all(rows)]
 
-    async def add_member(self, scope: TenantScope, channel_id: str, user_id: str) -> bool:
-        """Add a member; False if they already were one."""
-        async with self._engine.transaction(
-            "channel_add_member", tenant_id=scope.tenant_id, write=True
-        ) as tx:
+    async def add_member(
+        self, scope: TenantScope, channel_id: str, user_id: str, *, actor: Actor = OPERATOR
+    ) -> bool:
+        """Add a member (a permission change: audited); False if they already were one."""
+        async with self._audit.action("channel_add_member", scope) as act:
+            tx = act.tx
             present = await tx.fetchval(
                 "SELECT 1 FROM channel_members WHERE tenant_id = $1 AND channel_id = $2"
                 " AND user_id = $3",
@@ -93,6 +97,7 @@ class Channels:
                 user_id,
             )
             if present:
+                act.nothing_changed()
                 return False
             await tx.execute(
                 "INSERT INTO channel_members (tenant_id, channel_id, user_id, added_at)"
@@ -101,6 +106,14 @@ class Channels:
                 channel_id,
                 user_id,
                 now_ms(),
+            )
+            act.state(
+                AuditRecord(
+                    actor,
+                    "channel.member_add",
+                    f"channel:{channel_id}",
+                    detail={"user_id": user_id},
+                )
             )
         return True
 

@@ -3,6 +3,8 @@ which engine it has."""
 
 from __future__ import annotations
 
+from storage.agents import Agents
+from storage.audit import AuditLog
 from storage.channels import Channels
 from storage.crypto import MessageCipher
 from storage.engine import Engine, open_engine
@@ -18,11 +20,13 @@ class Store:
     def __init__(self, engine: Engine, cipher: MessageCipher) -> None:
         self.engine = engine
         self.cipher = cipher
+        self.audit = AuditLog(engine)
         self.tenants = Tenants(engine, cipher.keystore)
-        self.users = Users(engine)
-        self.channels = Channels(engine)
+        self.users = Users(engine, self.audit)
+        self.channels = Channels(engine, self.audit)
         self.messages = Messages(engine, cipher)
-        self.sessions = Sessions(engine)
+        self.sessions = Sessions(engine, self.audit)
+        self.agents = Agents(engine, self.audit)
 
     @classmethod
     def from_url(cls, url: str, keyring: MasterKeyring, keystore: TenantKeyStore) -> Store:

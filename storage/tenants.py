@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from protocol.errors import ConflictError, NotFoundError
+from storage.audit import append_entry
+from storage.auditchain import OPERATOR, Actor, AuditRecord
 from storage.engine import Engine, Row
 from storage.ids import new_id, now_ms
 from storage.keys import TenantKeyStore
@@ -18,7 +20,8 @@ class Tenants:
         self._engine = engine
         self._keystore = keystore
 
-    async def create(self, slug: str, plan: Plan = "free") -> Tenant:
+    async def create(self, slug: str, plan: Plan = "free", *, actor: Actor = OPERATOR) -> Tenant:
+        """Create a tenant; its audit chain starts with this action."""
         tenant = Tenant(new_id(), slug, plan, now_ms())
         async with self._engine.transaction("tenant_create", write=True) as tx:
             if await tx.fetchval("SELECT 1 FROM tenants WHERE slug = $1", slug):
@@ -31,6 +34,17 @@ class Tenants:
                 tenant.slug,
                 tenant.plan,
                 tenant.created_at,
+            )
+            await tx.set_tenant(tenant.id)
+            await append_entry(
+                tx,
+                tenant.id,
+                AuditRecord(
+                    actor,
+                    "tenant.create",
+                    f"tenant:{tenant.id}",
+                    detail={"slug": slug, "plan": plan},
+                ),
             )
         return tenant
 
@@ -47,3 +61,8 @@ class Tenants:
         if row is None:
             raise NotFoundError("no such tenant")
         return _tenant(row)
+
+    async def all(self) -> list[Tenant]:
+        async with self._engine.transaction("tenant_list") as tx:
+            rows = await tx.fetch("SELECT * FROM tenants ORDER BY slug")
+        return [_tenant(row) for row in rows]

@@ -121,6 +121,22 @@ class LiveServer:
         tokens: dict[str, Any] = response.json()
         return tokens
 
+    async def access_token(self, user: User) -> str:
+        """A live session's access token for ``user``, without the (rate-limited) login."""
+        from server.auth.tokens import new_refresh_token, token_digest
+
+        session = await self.runtime.store.sessions.create(
+            scope_for_operator(user.tenant_id),
+            user.id,
+            token_digest(new_refresh_token(user.tenant_id)),
+            lifetime_ms=3_600_000,
+            user_agent="tests",
+            ip="127.0.0.1",
+        )
+        return self.runtime.auth.access.issue(
+            tenant_id=user.tenant_id, subject=user.id, session_id=session.id, role=user.role
+        ).token
+
     async def connect(self, token: str | None = None, **kwargs: Any) -> ClientConnection:
         kwargs.setdefault("close_timeout", 0.5)
         kwargs.setdefault("origin", ORIGIN)

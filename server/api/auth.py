@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.api.http import client_ip, json_response, read_body, runtime_of
+from server.api.http import authenticate, client_ip, json_response, read_body, runtime_of
 from server.api.schemas import LoginRequest, RefreshRequest, TokenResponse
 from server.auth.service import TokenPair
 from server.ratelimit import account_key
@@ -42,4 +42,14 @@ async def login(request: Request) -> Response:
 
 async def refresh(request: Request) -> Response:
     body = await read_body(request, RefreshRequest)
-    return _tokens(await runtime_of(request).auth.refresh(body.refresh_token))
+    return _tokens(
+        await runtime_of(request).auth.refresh(body.refresh_token, ip=client_ip(request))
+    )
+
+
+async def logout(request: Request) -> Response:
+    """End the session of the calling access token (its refresh token stops working and
+    its live connections close)."""
+    principal = await authenticate(request)
+    await runtime_of(request).accounts.logout(principal, client_ip(request))
+    return Response(status_code=204)

@@ -124,7 +124,9 @@ def bearer_token(request: HTTPConnection) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def authenticate(request: HTTPConnection) -> Principal:
+async def authenticate(request: HTTPConnection) -> Principal:
+    """The caller, from an ``Authorization: Bearer`` access token or agent token (never from
+    a cookie or the URL); its session or agent token must still be live."""
     principal = getattr(request.state, "principal", None)
     if isinstance(principal, Principal):
         return principal
@@ -132,7 +134,7 @@ def authenticate(request: HTTPConnection) -> Principal:
     if token is None:
         raise AuthError("bearer token required")
     try:
-        principal = runtime_of(request).auth.authenticate(token)
+        principal = await runtime_of(request).auth.authenticate(token)
     except AuthError as exc:
         _auth_log.info(
             "access token refused", extra={"event": "auth.token_refused", "code": exc.code}

@@ -136,7 +136,7 @@ def _query(operation: Operation, request: Request) -> Any:
 async def run(operation: Operation, request: Request) -> Response:
     """The boundary of one request (see the module docstring), then the handler."""
     if operation.auth:
-        authenticate(request)
+        await authenticate(request)
     state = request.state
     state.params = (
         _convert(operation.params, dict(request.path_params), "path parameter")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
-from protocol.frames import ChannelName, HistoryLimit, Seq, whole
+from protocol.frames import ChannelName, ClientMsgId, HistoryLimit, Seq, whole
+from server.auth.scopes import PATTERN as SCOPE_PATTERN
 
 # No "@", whitespace or control character in either part. Python's \s and ECMAScript's \s
 # (JSON Schema) disagree on a few code points; listing them makes both dialects agree.
@@ -30,6 +31,33 @@ _strict = {"forbid_unknown_fields": True}
 
 class ChannelPath(msgspec.Struct, **_strict):
     name: ChannelName
+
+
+# Ids are UUIDs; anything outside this alphabet is refused before any lookup.
+ObjectId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[A-Za-z0-9-]+"))
+]
+
+
+class SessionPath(msgspec.Struct, **_strict):
+    session_id: ObjectId
+
+
+class UserPath(msgspec.Struct, **_strict):
+    user_id: ObjectId
+
+
+class AgentPath(msgspec.Struct, **_strict):
+    agent_id: ObjectId
+
+
+class AgentTokenPath(msgspec.Struct, **_strict):
+    agent_id: ObjectId
+    token_id: ObjectId
+
+
+class AuditExportQuery(msgspec.Struct, **_strict):
+    format: Literal["jsonl", "csv"] = "jsonl"
 
 
 class MessagesQuery(msgspec.Struct, **_strict):
@@ -115,3 +143,129 @@ class Health(msgspec.Struct):
 class Readiness(msgspec.Struct):
     ready: bool
     checks: dict[str, bool]
+
+
+# -- publishing over HTTP ---------------------------------------------------------------
+
+
+class MessagePost(msgspec.Struct, **_strict):
+    body: Annotated[str, msgspec.Meta(max_length=1_048_576)]
+    client_msg_id: ClientMsgId | None = None
+
+
+class MessageAck(msgspec.Struct):
+    channel: str
+    message_id: str
+    seq: int
+    duplicate: bool
+
+
+# -- sessions and accounts --------------------------------------------------------------
+
+
+class SessionOut(msgspec.Struct):
+    id: str
+    created_at: int
+    last_used_at: int
+    expires_at: int
+    user_agent: str
+    ip: str
+    current: bool
+
+
+class SessionList(msgspec.Struct):
+    sessions: list[SessionOut]
+
+
+class RevokedSessions(msgspec.Struct):
+    revoked: list[str]
+
+
+class PasswordChange(msgspec.Struct, **_strict):
+    current_password: Password
+    new_password: Password
+
+
+RoleName = Literal["owner", "admin", "member"]
+
+
+class RoleChange(msgspec.Struct, **_strict):
+    role: RoleName
+
+
+class UserOut(msgspec.Struct):
+    id: str
+    email: str
+    role: str
+    disabled: bool
+    created_at: int
+
+
+class UserList(msgspec.Struct):
+    users: list[UserOut]
+
+
+# -- agents -----------------------------------------------------------------------------
+
+AgentName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[A-Za-z0-9][A-Za-z0-9 _.\-]*"))
+]
+Action = Literal["read", "history", "write", "presence"]
+
+
+class AgentCreate(msgspec.Struct, **_strict):
+    name: AgentName
+
+
+class AgentOut(msgspec.Struct):
+    id: str
+    name: str
+    disabled: bool
+    created_at: int
+    created_by: str
+
+
+class AgentList(msgspec.Struct):
+    agents: list[AgentOut]
+
+
+class ScopeIn(msgspec.Struct, **_strict):
+    channel: Annotated[str, msgspec.Meta(pattern=whole(SCOPE_PATTERN[1:-1]))]
+    actions: Annotated[list[Action], msgspec.Meta(min_length=1, max_length=4)]
+
+
+class TokenCreate(msgspec.Struct, **_strict):
+    scopes: Annotated[list[ScopeIn], msgspec.Meta(max_length=50)] | None = None
+    # One second to ten years.
+    expires_in: Annotated[int, msgspec.Meta(ge=1, le=315_360_000)] | None = None
+
+
+class ScopeOut(msgspec.Struct):
+    channel: str
+    actions: list[str]
+
+
+class TokenOut(msgspec.Struct):
+    id: str
+    agent_id: str
+    prefix: str
+    last_four: str
+    scopes: list[ScopeOut]
+    created_at: int
+    expires_at: int | None
+    revoked: bool
+
+
+class TokenList(msgspec.Struct):
+    tokens: list[TokenOut]
+
+
+class TokenIssued(msgspec.Struct):
+    token: str  # shown once
+    details: TokenOut
+
+
+class KillResult(msgspec.Struct):
+    agent_id: str
+    disabled: bool
+    tokens_revoked: list[str]

@@ -33,6 +33,17 @@ PROBED_OPERATIONS = {
     ("POST", "/api/v1/channels"),
     ("POST", "/api/v1/channels/{name}/members"),
     ("GET", "/api/v1/channels/{name}/messages"),
+    ("POST", "/api/v1/channels/{name}/messages"),
+    ("POST", "/api/v1/agents"),
+    ("GET", "/api/v1/agents/{agent_id}/tokens"),
+    ("POST", "/api/v1/agents/{agent_id}/tokens"),
+    ("DELETE", "/api/v1/agents/{agent_id}/tokens/{token_id}"),
+    ("POST", "/api/v1/agents/{agent_id}/kill"),
+    ("POST", "/api/v1/agents/{agent_id}/enable"),
+    ("PUT", "/api/v1/users/{user_id}/role"),
+    ("POST", "/api/v1/users/{user_id}/disable"),
+    ("POST", "/api/v1/users/{user_id}/enable"),
+    ("DELETE", "/api/v1/sessions/{session_id}"),
 }
 PROBED_FRAMES = {"subscribe", "unsubscribe", "publish", "history", "typing", "auth", "refresh"}
 
@@ -225,9 +236,8 @@ async def test_frames_naming_another_tenants_channel(
 async def test_auth_and_refresh_frames_with_another_tenants_identity(
     module_server: LiveServer, world: World
 ) -> None:
-    alice_token = module_server.runtime.auth.access.issue(
-        tenant_id=world.a.id, subject=world.alice.id, session_id="s", role="admin"
-    ).token
+    # A real, live token of alice's: only the identity differs from bob's connection.
+    alice_token = (await module_server.login(world.a, world.alice))["access_token"]
     ws = await module_server.connect(world.bob_token)
     await send(ws, {"type": "refresh", "token": alice_token, "id": "r"})
     error = await expect(ws, "error")
@@ -243,3 +253,69 @@ async def test_frame_schemas_carry_no_tenant() -> None:
         assert "tenant" not in frame.__struct_fields__
         assert "tenant_id" not in frame.__struct_fields__
     assert msgspec.json.decode(b'{"type":"ping"}', type=frames.ClientFrame) == frames.Ping()
+
+
+async def test_publishing_over_http_into_another_tenants_channel(
+    module_server: LiveServer, world: World
+) -> None:
+    async with module_server.http() as http:
+        for name in ("a-public", "a-private"):
+            theirs = await http.post(
+                f"/api/v1/channels/{name}/messages", json={"body": "x"}, headers=world.bob_auth
+            )
+            missing = await http.post(
+                "/api/v1/channels/zz-none/messages", json={"body": "x"}, headers=world.bob_auth
+            )
+            same(theirs, missing)
+            assert theirs.status_code == 404
+
+
+async def test_identity_ids_of_another_tenant(module_server: LiveServer, world: World) -> None:
+    """Tenant A's agent, token, user and session ids, used by tenant B's admin, answer
+    exactly like ids that never existed, and change nothing."""
+    from tests.identity import admin, agent_token
+
+    server = module_server
+    boss_a = await admin(server, world.a)
+    issued = await agent_token(server, boss_a)
+    async with server.http() as http:
+        sessions = await http.get("/api/v1/sessions", headers=boss_a.headers)
+        a_session = sessions.json()["sessions"][0]["id"]
+        fake = "00000000-0000-4000-8000-000000000000"
+        probes: list[tuple[str, str, str, Any]] = [
+            ("GET", "/api/v1/agents/{}/tokens", issued.agent_id, None),
+            ("POST", "/api/v1/agents/{}/tokens", issued.agent_id, {}),
+            ("POST", "/api/v1/agents/{}/kill", issued.agent_id, None),
+            ("POST", "/api/v1/agents/{}/enable", issued.agent_id, None),
+            ("PUT", "/api/v1/users/{}/role", world.alice.id, {"role": "member"}),
+            ("POST", "/api/v1/users/{}/disable", world.alice.id, None),
+            ("POST", "/api/v1/users/{}/enable", world.alice.id, None),
+            ("DELETE", "/api/v1/sessions/{}", a_session, None),
+        ]
+        for method, path, theirs_id, body in probes:
+            theirs = await http.request(
+                method, path.format(theirs_id), json=body, headers=world.bob_auth
+            )
+            missing = await http.request(
+                method, path.format(fake), json=body, headers=world.bob_auth
+            )
+            same(theirs, missing)
+            assert theirs.status_code == 404, (method, path, theirs.text)
+        token_path = f"/api/v1/agents/{issued.agent_id}/tokens/{issued.token_id}"
+        theirs = await http.delete(token_path, headers=world.bob_auth)
+        missing = await http.delete(f"/api/v1/agents/{fake}/tokens/{fake}", headers=world.bob_auth)
+        same(theirs, missing)
+        # Tenant A's agent name is free in tenant B: names are per tenant.
+        created = await http.post(
+            "/api/v1/agents",
+            json={"name": issued.details.get("name", "probe")},
+            headers=world.bob_auth,
+        )
+        assert created.status_code == 201
+        # Nothing in tenant A changed: the agent's token still works, alice is still enabled.
+        still = await http.get(
+            "/api/v1/channels", headers={"Authorization": f"Bearer {issued.token}"}
+        )
+        assert still.status_code == 200
+        alice_sessions = await http.get("/api/v1/sessions", headers=boss_a.headers)
+        assert alice_sessions.status_code == 200

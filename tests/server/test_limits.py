@@ -42,10 +42,7 @@ async def _user(server: LiveServer, *channels: str) -> tuple[User, str]:
     user = await server.user(tenant)
     for name in channels:
         await server.channel(tenant, name, user)
-    token = server.runtime.auth.access.issue(
-        tenant_id=tenant.id, subject=user.id, session_id="s", role=user.role
-    ).token
-    return user, token
+    return user, await server.access_token(user)
 
 
 async def test_frames_above_the_maximum_size_close_the_connection(small: LiveServer) -> None:
@@ -126,7 +123,7 @@ async def test_connections_per_user_are_capped(small: LiveServer) -> None:
 
 
 def _ids(server: LiveServer, token: str) -> tuple[str, str]:
-    principal = server.runtime.auth.authenticate(token)
+    principal = server.runtime.auth.access.verify(token)
     return principal.tenant_id, principal.id
 
 

@@ -21,8 +21,7 @@ PASSWORD = "Canary-Password-5c1e0d7a"
 WRONG_PASSWORD = "Canary-Wrong-Password-92b4"
 BODY = "cb-5eed"  # short: wire traces truncate long frames in the middle
 COOKIE = "canary-cookie-value-77aa"
-# TODO(lead): when agent tokens land, replace this with a real one created through the
-# agents API (and use it on /ws and the HTTP API) so the canary covers a live bay_ token.
+# A made-up agent token (refused before any lookup); a real one is minted in the scenario.
 AGENT_TOKEN = "bay_canary0agent0token0f00dfeed"
 
 
@@ -95,7 +94,14 @@ def test_canary_secrets_never_reach_the_logs(tmp_path: Path) -> None:
     ) as server:
         tenant = server.cli("tenant", "create", "canary")
         server.cli(
-            "user", "create", "canary", "ada@example.com", "--password-stdin", stdin=PASSWORD
+            "user",
+            "create",
+            "canary",
+            "ada@example.com",
+            "--role",
+            "owner",
+            "--password-stdin",
+            stdin=PASSWORD,
         )
         canaries = [PASSWORD, WRONG_PASSWORD, BODY, COOKIE, AGENT_TOKEN]
         with httpx.Client(base_url=server.http_url, timeout=10) as http:
@@ -110,6 +116,26 @@ def test_canary_secrets_never_reach_the_logs(tmp_path: Path) -> None:
             http.get("/api/v1/channels", headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
             renewed = http.post("/api/v1/auth/refresh", json={"refresh_token": refresh}).json()
             canaries += [access, refresh, renewed["access_token"], renewed["refresh_token"]]
+            agent = http.post("/api/v1/agents", json={"name": "canary-bot"}, headers=auth).json()
+            issued = http.post(
+                f"/api/v1/agents/{agent['id']}/tokens",
+                json={"scopes": [{"channel": "general", "actions": ["read", "write"]}]},
+                headers=auth,
+            ).json()
+            bot_token = issued["token"]
+            assert bot_token.startswith("bay_")
+            canaries.append(bot_token)
+            bot_auth = {"Authorization": f"Bearer {bot_token}"}
+            assert http.get("/api/v1/channels", headers=bot_auth).status_code == 200
+            posted = http.post(
+                "/api/v1/channels/general/messages", json={"body": BODY}, headers=bot_auth
+            )
+            assert posted.status_code == 201
+
+        with connect(server.ws_url, additional_headers=bot_auth) as bot:
+            assert json.loads(bot.recv(5))["type"] == "ready"
+            bot.send(json.dumps({"type": "subscribe", "channel": "general", "id": 1}))
+            assert json.loads(bot.recv(5))["type"] == "subscribed"
 
         with connect(f"{server.ws_url}?token={access}", additional_headers=auth) as ws:
             assert json.loads(ws.recv(5))["type"] == "ready"

@@ -63,12 +63,9 @@ def ip() -> str:
     return next(_ips)
 
 
-def token_for(server: LiveServer, user: User) -> str:
+async def token_for(server: LiveServer, user: User) -> str:
     """An access token without a login (logins are rate-limited here)."""
-    issued = server.runtime.auth.access.issue(
-        tenant_id=user.tenant_id, subject=user.id, session_id="s", role=user.role
-    )
-    return issued.token
+    return await server.access_token(user)
 
 
 async def login(
@@ -166,8 +163,8 @@ async def test_refresh_is_limited_per_address(limited: LiveServer) -> None:
 async def test_http_writes_are_limited_per_principal(limited: LiveServer) -> None:
     tenant = await limited.tenant()
     alice, bob = await limited.user(tenant), await limited.user(tenant)
-    as_alice = {"Authorization": f"Bearer {token_for(limited, alice)}"}
-    as_bob = {"Authorization": f"Bearer {token_for(limited, bob)}"}
+    as_alice = {"Authorization": f"Bearer {await token_for(limited, alice)}"}
+    as_bob = {"Authorization": f"Bearer {await token_for(limited, bob)}"}
     async with limited.http() as http:
         created = [
             (await http.post("/api/v1/channels", json={"name": f"c{i}"}, headers=as_alice))
@@ -194,13 +191,13 @@ async def test_websocket_connects_are_limited_per_address(limited: LiveServer) -
     user = await limited.user(tenant)
     source = ip()
     for _ in range(2):
-        await _ws(limited, source, token_for(limited, user))
+        await _ws(limited, source, await token_for(limited, user))
     third = await _ws(limited, source)
     error = await expect(third, "error")
     assert error["code"] == "rate_limited"
     assert 1 <= error["retry_after"] <= 60
     await assert_closed(third, CloseCode.RATE_LIMITED)
-    await _ws(limited, ip(), token_for(limited, user))  # another address is unaffected
+    await _ws(limited, ip(), await token_for(limited, user))  # another address is unaffected
 
 
 async def _next_reply(ws: ClientConnection, request_id: str) -> dict[str, Any]:
@@ -220,7 +217,7 @@ async def test_publishes_are_limited_per_connection(limited: LiveServer) -> None
     tenant = await limited.tenant()
     user = await limited.user(tenant)
     await limited.channel(tenant, "general", user)
-    ws = await _ws(limited, ip(), token_for(limited, user))
+    ws = await _ws(limited, ip(), await token_for(limited, user))
     replies = [await _publish(ws, "general", f"p{i}") for i in range(4)]
     assert [r["type"] for r in replies] == ["ack", "ack", "ack", "error"]
     assert replies[3]["code"] == "rate_limited"
@@ -233,8 +230,8 @@ async def test_publishes_are_limited_per_user_across_connections(limited: LiveSe
     tenant = await limited.tenant()
     user = await limited.user(tenant)
     await limited.channel(tenant, "general", user)
-    first = await _ws(limited, ip(), token_for(limited, user))
-    second = await _ws(limited, ip(), token_for(limited, user))
+    first = await _ws(limited, ip(), await token_for(limited, user))
+    second = await _ws(limited, ip(), await token_for(limited, user))
     replies = [await _publish(first, "general", f"a{i}") for i in range(3)]
     replies += [await _publish(second, "general", f"b{i}") for i in range(3)]
     assert [r["type"] for r in replies] == ["ack"] * 5 + ["error"]
@@ -245,7 +242,7 @@ async def test_a_connection_that_keeps_flooding_is_closed(limited: LiveServer) -
     tenant = await limited.tenant()
     user = await limited.user(tenant)
     await limited.channel(tenant, "general", user)
-    ws = await _ws(limited, ip(), token_for(limited, user))
+    ws = await _ws(limited, ip(), await token_for(limited, user))
     for i in range(3 + 3):  # 3 allowed, then 3 strikes
         await send(ws, {"type": "publish", "channel": "general", "body": "x", "id": i})
     await assert_closed(ws, CloseCode.RATE_LIMITED)

@@ -1,0 +1,48 @@
+"""Credentials never reach a log: a filter that masks tokens in records of the loggers that
+can see raw traffic.
+
+Our own code never logs a token. Libraries can: at DEBUG, uvicorn's WebSocket
+implementation logs every frame it receives (an ``auth`` frame carries a token) on
+``uvicorn.error``. The filter masks, in the formatted message, anything shaped like an
+agent token, a refresh token or a JWT, keeping a short prefix so records stay useful.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_PATTERNS = re.compile(
+    r"bay_[0-9A-Za-z]{4}[0-9A-Za-z]+"  # agent tokens
+    r"|rt1\.[^.\s\"']+\.[A-Za-z0-9_\-]{8,}"  # refresh tokens
+    r"|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+"  # JWTs
+)
+# Loggers of libraries that see raw requests and frames.
+TRAFFIC_LOGGERS = ("uvicorn.error", "uvicorn.access", "websockets", "websockets.server")
+
+
+def redact(text: str) -> str:
+    return _PATTERNS.sub(lambda m: m.group(0)[:8] + "…[redacted]", text)
+
+
+class TokenRedactor(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not ours to fix; let logging report it
+            return True
+        # The arguments go too: a handler that serialises them (frames, requests) would
+        # print what the message masked.
+        record.msg, record.args = redact(message), None
+        return True
+
+
+_REDACTOR = TokenRedactor()
+
+
+def install(names: tuple[str, ...] = TRAFFIC_LOGGERS) -> None:
+    """Attach the filter to ``names`` (idempotent)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if _REDACTOR not in logger.filters:
+            logger.addFilter(_REDACTOR)
