@@ -19,8 +19,8 @@ test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check protocol storage server loadtest tests
-	$(BIN)/ruff format --check protocol storage server loadtest tests
+	$(BIN)/ruff check protocol storage server loadtest scripts tests
+	$(BIN)/ruff format --check protocol storage server loadtest scripts tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -224,5 +224,18 @@ def demo(slug: str) -> None:
     )
 
 
+def _register_operations() -> None:
+    from server.cli_data import backup, restore, tenant_delete
+    from server.cli_keys import keys
+
+    main.add_command(keys)
+    main.add_command(backup)
+    main.add_command(restore)
+    tenant.add_command(tenant_delete)
+
+
+_register_operations()
+
+
 if __name__ == "__main__":
     main()

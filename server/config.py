@@ -61,6 +61,11 @@ class Settings:
     password_memory_kib: int = 19456
     password_parallelism: int = 1
     node_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    key_reload_s: float = 10.0
+    backup_dir: Path | None = None  # BAYCHAT_BACKUP_DIR, else data_dir/backups
+    backup_key: str = ""  # BAYCHAT_BACKUP_KEY (base64), else data_dir/secrets/backup.key
+    backup_keep_days: int = 35
+    backup_database_url: str = ""  # pg_dump's connection (BYPASSRLS); default: owner URL
     # -- boundary hardening (docs/SECURITY.md, "Boundary hardening") ----------------------
     max_connections_per_user: int = 20  # per gateway process
     cors_origins: tuple[str, ...] = ()  # exact origins allowed to call the HTTP API cross-site
@@ -90,6 +95,10 @@ class Settings:
     @property
     def secrets_dir(self) -> Path:
         return self.data_dir / "secrets"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -122,6 +131,11 @@ class Settings:
             password_time_cost=_int("PASSWORD_TIME_COST", 2),
             password_memory_kib=_int("PASSWORD_MEMORY_KIB", 19456),
             password_parallelism=_int("PASSWORD_PARALLELISM", 1),
+            key_reload_s=_float("KEY_RELOAD_INTERVAL", 10.0),
+            backup_dir=Path(_env("BACKUP_DIR", str(data_dir / "backups"))),
+            backup_key=_env("BACKUP_KEY", ""),
+            backup_keep_days=_int("BACKUP_KEEP_DAYS", 35),
+            backup_database_url=_env("BACKUP_DATABASE_URL", ""),
             max_connections_per_user=_int("MAX_CONNECTIONS_PER_USER", 20),
             cors_origins=_list("CORS_ORIGINS", ()),
             allowed_origins=_list("ALLOWED_ORIGINS", ()),

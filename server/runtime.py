@@ -7,6 +7,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from protocol.codes import CloseCode
 from server.accounts import Accounts
 from server.agents import AgentAdmin
 from server.auth.authority import scope_for_system
@@ -14,9 +15,10 @@ from server.auth.credentials import CredentialCache
 from server.auth.passwords import Passwords
 from server.auth.service import AuthService
 from server.auth.tokens import AccessTokens, SigningKeys
-from server.broker.base import Broker, open_broker
+from server.broker.base import Broker, ControlEvent, open_broker
 from server.chat import Chat, seed_source
 from server.config import Settings
+from server.keyreload import KeyReloader
 from server.node import Node, shutdown_connections
 from server.ratelimit import RateLimiter
 from storage.engine import database_user
@@ -25,6 +27,7 @@ from storage.store import Store
 from storage.worker import PersistenceLog, PersistenceWorker
 
 _log = logging.getLogger("baychat.runtime")
+TENANT_DELETED = "tenant_deleted"  # control event: forget the tenant's keys, close its sockets
 
 
 def load_keyring(settings: Settings) -> MasterKeyring:
@@ -69,6 +72,7 @@ class Runtime:
     agents: AgentAdmin
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     worker: PersistenceWorker | None = None
+    keys: KeyReloader | None = None
     limiter: RateLimiter = field(kw_only=True)
 
     @classmethod
@@ -107,7 +111,21 @@ class Runtime:
         runtime = cls(settings, store, broker, node, auth, chat, accounts, agents, limiter=limiter)
         if settings.embedded_worker:
             runtime.start_worker(broker)  # type: ignore[arg-type]
+        runtime.start_key_reloader(access)
         return runtime
+
+    def start_key_reloader(self, access: AccessTokens) -> None:
+        self.keys = KeyReloader(self.settings, self.store.cipher, access)
+        self.tasks.append(asyncio.create_task(self.keys.run(), name="key-reloader"))
+        self.node.add_control_listener(self._on_tenant_deleted)
+
+    def _on_tenant_deleted(self, event: ControlEvent) -> None:
+        if event.kind != TENANT_DELETED:
+            return
+        self.store.cipher.forget_tenant(event.tenant_id)
+        self.node.close_where(
+            lambda c: c.principal.tenant_id == event.tenant_id, CloseCode.REVOKED, "tenant deleted"
+        )
 
     def start_worker(self, log: PersistenceLog) -> None:
         self.worker = PersistenceWorker(log, self.store, scope_for_system)
@@ -115,9 +133,10 @@ class Runtime:
 
     async def stop(self) -> None:
         await shutdown_connections(self.node, self.broker)
-        if self.worker is not None and self.tasks:
+        worker_task = next((t for t in self.tasks if t.get_name() == "persistence-worker"), None)
+        if self.worker is not None and worker_task is not None:
             # Whatever was published before shutdown is committed (and acked) first.
-            await self.worker.drain(self.tasks[0], timeout=10)
+            await self.worker.drain(worker_task, timeout=10)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

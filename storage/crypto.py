@@ -52,6 +52,21 @@ class MessageCipher:
         for key in [k for k in self._aead if k[0] == tenant_id]:
             del self._aead[key]
 
+    def use_keyring(self, keyring: MasterKeyring) -> None:
+        """Switch to a reloaded keyring. Derived keys of versions it no longer holds
+        (retired) are dropped; the others stay valid, since a version's key never changes."""
+        self.keyring = keyring
+        for key in [k for k in self._aead if k[1] not in keyring.keys]:
+            del self._aead[key]
+
+    def forget_shredded(self) -> list[str]:
+        """Drop cached keys of tenants whose key material was destroyed (by another process:
+        ``baychat tenant delete``); return their ids."""
+        gone = sorted({t for t, _ in self._aead if not self.keystore.has(t)})
+        for tenant_id in gone:
+            self.forget_tenant(tenant_id)
+        return gone
+
     @staticmethod
     def _aad(tenant_id: str, channel_id: str, message_id: str, version: int) -> bytes:
         return f"baychat/v1|{tenant_id}|{channel_id}|{message_id}|{version}".encode()

@@ -5,6 +5,7 @@ Only this module sees envelopes. Writes are idempotent on message id; reads are 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -13,6 +14,8 @@ from storage.crypto import MessageCipher
 from storage.engine import Engine, Row
 from storage.models import Message
 from storage.scope import TenantScope
+
+_log = logging.getLogger("baychat.messages")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,13 @@ class Messages:
         rows_by_tenant: list[tuple[str, list[tuple[object, ...]]]] = []
         ordered = sorted(batch, key=lambda item: item[0].tenant_id)
         for tenant_id, group in groupby(ordered, key=lambda item: item[0].tenant_id):
+            if not self._cipher.keystore.has(tenant_id):
+                # A deleted tenant (key material destroyed first, rows purged next): its
+                # messages still in flight are dropped, not retried forever.
+                _log.warning(
+                    "dropping messages of a deleted tenant", extra={"tenant_id": tenant_id}
+                )
+                continue
             rows: list[tuple[object, ...]] = []
             for scope, message in group:
                 if message.tenant_id != scope.tenant_id:

@@ -84,6 +84,8 @@ class SQLiteEngine:
         await conn.execute("PRAGMA synchronous=FULL")
         await conn.execute("PRAGMA foreign_keys=ON")
         await conn.execute("PRAGMA busy_timeout=10000")
+        # Erased rows (GDPR) are overwritten, not just unlinked from the b-tree.
+        await conn.execute("PRAGMA secure_delete=ON")
         return conn
 
     async def close(self) -> None:

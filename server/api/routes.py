@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from protocol.codes import ErrorCode
-from server.api import agents, audit, auth, channels, health, sessions, users
+from server.api import agents, audit, auth, channels, health, me, sessions, users
 from server.api.http import json_response
 from server.api.operation import Limit, Operation, by_ip, by_principal, run
 from server.api.schemas import (
@@ -29,6 +29,8 @@ from server.api.schemas import (
     ChannelList,
     ChannelOut,
     ChannelPath,
+    EraseRequest,
+    EraseResponse,
     Health,
     KillResult,
     LoginRequest,
@@ -343,6 +345,28 @@ OPERATIONS: list[Operation] = [
         query=AuditExportQuery,
         errors=(ErrorCode.REVOKED, ErrorCode.FORBIDDEN),
         tags=("audit",),
+    ),
+    Operation(
+        "GET",
+        f"{API}/me/export",
+        me.export,
+        "GDPR export: everything held about the caller (profile, sessions, memberships,"
+        " the messages they wrote, decrypted), and nothing about anyone else",
+        dict[str, Any],
+        errors=(ErrorCode.REVOKED, ErrorCode.FORBIDDEN),
+        tags=("me",),
+    ),
+    Operation(
+        "DELETE",
+        f"{API}/me",
+        me.erase,
+        "GDPR erasure of the caller (password required): sessions revoked, sockets closed,"
+        " profile deleted, messages replaced by tombstones; audited without personal data",
+        EraseResponse,
+        body=EraseRequest,
+        errors=(ErrorCode.REVOKED, ErrorCode.FORBIDDEN, ErrorCode.CONFLICT),
+        limits=(Limit("login_account", by_principal),),
+        tags=("me",),
     ),
 ]
 

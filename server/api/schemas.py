@@ -269,3 +269,13 @@ class KillResult(msgspec.Struct):
     agent_id: str
     disabled: bool
     tokens_revoked: list[str]
+
+
+class EraseRequest(msgspec.Struct, **_strict):
+    password: Password
+
+
+class EraseResponse(msgspec.Struct):
+    erased: bool
+    messages_tombstoned: int
+    sessions_revoked: int

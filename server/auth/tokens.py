@@ -16,7 +16,7 @@ import json
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +25,73 @@ import jwt
 from protocol.codes import ErrorCode
 from protocol.errors import AuthError
 from server.auth.principal import Principal
-from storage.keys import write_secret_file
+from storage.keys import KeyringError, write_secret_file
 from storage.models import ROLES
 
 ALGORITHM = "HS256"
 _FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
+RETIRE_LEEWAY_S = 60  # clock skew between the nodes that sign and verify
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub", "tid", "sid", "typ", "role"]
 
 
 @dataclass(frozen=True, slots=True)
 class SigningKeys:
+    """Every key here verifies; one signs. A rotation adds a key that signs only from
+    ``pending_at`` on, so every gateway knows it before any token signed with it reaches
+    them; the replaced key keeps verifying until it is retired, which ``without`` allows
+    once the last token it signed has expired."""
+
     keys: dict[str, bytes]  # kid -> secret
     active: str
+    pending: str | None = None  # kid that takes over signing at pending_at
+    pending_at: float = 0.0
+    stopped: dict[str, float] = field(default_factory=dict)  # kid -> when it stopped signing
+
+    def current(self) -> str:
+        """The kid that signs now."""
+        if self.pending is not None and time.time() >= self.pending_at:
+            return self.pending
+        return self.active
+
+    def rotated(self, *, grace_s: float = 0.0) -> SigningKeys:
+        """A new key that signs ``grace_s`` from now (at once by default: fine for one
+        process; a cluster gives every gateway time to load it first). Every older key
+        still verifies the tokens it signed, so a rotation logs nobody out."""
+        if self.pending is not None and time.time() < self.pending_at:
+            raise KeyringError(f"key {self.pending} is already pending; wait until it signs")
+        signing = self.current()
+        kid = uuid.uuid4().hex[:12]
+        at = time.time() + grace_s
+        keys = {**self.keys, kid: secrets.token_bytes(32)}
+        stopped = {**self.stopped, signing: at}
+        if grace_s <= 0:
+            return SigningKeys(keys, kid, None, 0.0, stopped)
+        return SigningKeys(keys, signing, kid, at, stopped)
+
+    def without(self, kid: str, *, access_ttl_s: int) -> SigningKeys:
+        """Retire ``kid``: refused while it signs or while tokens it signed may be live."""
+        if kid not in self.keys:
+            raise KeyringError(f"JWT key {kid} is not in the key set")
+        if kid in (self.current(), self.pending):
+            raise KeyringError(f"JWT key {kid} signs new tokens; rotate first")
+        stopped = self.stopped.get(kid, 0.0)
+        wait = stopped + access_ttl_s + RETIRE_LEEWAY_S - time.time()
+        if wait > 0:
+            raise KeyringError(
+                f"tokens signed by {kid} may still be valid; retire it in {int(wait) + 1} s"
+            )
+        return self.retired(kid)
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "active": self.active,
-                "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()},
-            }
-        ).encode()
+        doc: dict[str, Any] = {
+            "active": self.active,
+            "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()},
+        }
+        if self.pending is not None:
+            doc["pending"] = {"kid": self.pending, "at": self.pending_at}
+        if self.stopped:
+            doc["stopped"] = self.stopped
+        return json.dumps(doc).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> SigningKeys:
@@ -55,24 +102,41 @@ class SigningKeys:
         for kid, key in keys.items():
             if len(key) < 32:
                 raise ValueError(f"JWT key {kid} is shorter than 256 bits")
-        return cls(keys, str(doc["active"]))
+        pending = doc.get("pending")
+        if pending is not None and pending["kid"] not in keys:
+            raise ValueError("the pending JWT key id is not in the key set")
+        return cls(
+            keys,
+            str(doc["active"]),
+            None if pending is None else str(pending["kid"]),
+            0.0 if pending is None else float(pending["at"]),
+            {str(k): float(v) for k, v in doc.get("stopped", {}).items()},
+        )
 
     @classmethod
     def generate(cls) -> SigningKeys:
         kid = uuid.uuid4().hex[:12]
         return cls({kid: secrets.token_bytes(32)}, kid)
 
-    def rotated(self) -> SigningKeys:
-        """A new key signs from now on; every older key still verifies the tokens it signed
-        (until they expire), so a rotation logs nobody out."""
-        kid = uuid.uuid4().hex[:12]
-        return SigningKeys({**self.keys, kid: secrets.token_bytes(32)}, kid)
+    def settled(self) -> SigningKeys:
+        """The same keys with a pending key whose time has come made plainly active."""
+        if self.pending is not None and time.time() >= self.pending_at:
+            return SigningKeys(self.keys, self.pending, None, 0.0, self.stopped)
+        return self
 
     def retired(self, kid: str) -> SigningKeys:
-        """Without ``kid``: tokens it signed stop verifying. The active key cannot go."""
-        if kid == self.active:
-            raise ValueError("the active JWT key cannot be retired; rotate first")
-        return SigningKeys({k: v for k, v in self.keys.items() if k != kid}, self.active)
+        """Without ``kid``: tokens it signed stop verifying. The signing key cannot go (see
+        ``without`` for the check that its tokens have expired)."""
+        now = self.settled()
+        if kid in (now.active, now.pending):
+            raise KeyringError("the active JWT key cannot be retired; rotate first")
+        return SigningKeys(
+            {k: v for k, v in now.keys.items() if k != kid},
+            now.active,
+            now.pending,
+            now.pending_at,
+            {k: v for k, v in now.stopped.items() if k != kid},
+        )
 
     @classmethod
     def load_or_create(cls, path: Path) -> SigningKeys:
@@ -110,12 +174,8 @@ class AccessTokens:
             "exp": now + self.ttl_s,
             "jti": uuid.uuid4().hex,
         }
-        token = jwt.encode(
-            claims,
-            self.keys.keys[self.keys.active],
-            algorithm=ALGORITHM,
-            headers={"kid": self.keys.active},
-        )
+        kid = self.keys.current()
+        token = jwt.encode(claims, self.keys.keys[kid], algorithm=ALGORITHM, headers={"kid": kid})
         return IssuedToken(token, claims["exp"])
 
     def use_keys(self, keys: SigningKeys) -> None:
