@@ -8,6 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/baychat/bin:$PATH
 
+# pg_dump for `baychat backup` (Debian's client; it must be of the server's major version or
+# newer, which Debian's is for the postgres:15 server of docker-compose.yml).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/*
+
 # A system user with no shell and no home of its own beyond its data directory.
 RUN groupadd --system --gid 10001 baychat \
     && useradd --system --uid 10001 --gid baychat --no-create-home \
@@ -26,9 +32,10 @@ RUN python -m venv /opt/baychat \
     && /opt/baychat/bin/pip install --no-compile . \
     && rm -rf /src
 
-# The tenant key store is a volume shared by gateways and workers; created here so a fresh
-# named volume inherits this owner and mode.
-RUN install -d -o baychat -g baychat -m 0700 /var/lib/baychat /var/lib/baychat/keys
+# The tenant key store (shared by gateways and workers) and the backups are volumes; created
+# here so that a fresh named volume inherits this owner and mode.
+RUN install -d -o baychat -g baychat -m 0700 \
+    /var/lib/baychat /var/lib/baychat/keys /var/lib/baychat/backups
 
 WORKDIR /var/lib/baychat
 USER baychat:baychat

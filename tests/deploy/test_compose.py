@@ -138,7 +138,7 @@ def test_backend_and_edge_networks_have_no_route_out(
     assert networks(services["caddy"]) == {"public", "edge"}
     for name in GATEWAYS:
         assert networks(services[name]) == {"edge", "backend"}
-    for name in ("worker", "migrate", "postgres", "redis"):
+    for name in ("worker", "migrate", "postgres", "redis", "backup"):
         assert networks(services[name]) == {"backend"}, name
 
 
@@ -203,6 +203,8 @@ def test_each_secret_reaches_only_the_services_that_need_it(
         "BAYCHAT_REDIS_PASSWORD": {"redis", *APP_SERVICES},
         "BAYCHAT_MASTER_KEYS": set(APP_SERVICES),
         "BAYCHAT_JWT_KEYS": set(APP_SERVICES),
+        "BAYCHAT_DB_BACKUP_PASSWORD": {"postgres", "backup"},
+        "BAYCHAT_BACKUP_KEY": {"backup"},
     }
     marked = {**example_env, **{secret: f"<{secret}>" for secret in needs}}
     services = load_compose(marked)["services"]
@@ -218,9 +220,25 @@ def test_tenant_keys_volume_is_shared_by_gateways_and_worker(
     for name in APP_SERVICES:
         keystore = environment(services[name])["BAYCHAT_KEYSTORE_DIR"]
         assert f"tenant-keys:{keystore}" in services[name]["volumes"], name
-    for name in ("caddy", "postgres", "redis", "migrate"):
+    for name in ("caddy", "postgres", "redis", "migrate", "backup"):
         mounts = services[name].get("volumes") or []
         assert not any(m.startswith("tenant-keys:") for m in mounts), name
+
+
+def test_backups_run_on_a_schedule_and_prune(services: dict[str, dict[str, Any]]) -> None:
+    backup = services["backup"]
+    [script] = backup["command"]
+    assert "baychat backup && baychat backup prune" in script
+    assert "sleep 3600" in script  # BAYCHAT_BACKUP_INTERVAL_S from .env.example
+    env = environment(backup)
+    assert env["BAYCHAT_BACKUP_DATABASE_URL"].startswith("postgresql://baychat_backup:")
+    assert env["BAYCHAT_BACKUP_KEEP_DAYS"] == "35"
+    assert f"backups:{env['BAYCHAT_BACKUP_DIR']}" in backup["volumes"]
+    assert ":" not in env["BAYCHAT_DATABASE_URL"].split("@")[0].removeprefix("postgresql://")
+    holders = {
+        name for name, s in services.items() if any("backups:" in v for v in s.get("volumes") or [])
+    }
+    assert holders == {"backup"}
 
 
 def test_gateways_trust_forwarded_headers_from_caddy_only(
