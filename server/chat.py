@@ -72,9 +72,18 @@ class Chat:
         recent = await self.broker.recent(principal.tenant_id, channel.id, since)
         if recent is not None:
             return recent[:limit]
-        return await self.store.messages.after(
+        stored = await self.store.messages.after(
             scope_for(principal), channel.id, channel.name, since, limit
         )
+        if len(stored) < limit:
+            # The store trails the broker by what the workers have not written yet; a
+            # broker that fans out before persisting still has that tail in its window.
+            tail = await self.broker.recent(
+                principal.tenant_id, channel.id, stored[-1].seq if stored else since
+            )
+            if tail:
+                stored.extend(tail[: limit - len(stored)])
+        return stored
 
     async def head(self, principal: Principal, channel: Channel) -> int:
         return await self.store.messages.last_seq(scope_for(principal), channel.id)

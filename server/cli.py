@@ -87,6 +87,22 @@ def serve(host: str, port: int) -> None:
 
 
 @main.command()
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+def worker(workers: int) -> None:
+    """Run persistence workers against the shared log (no HTTP). Gateways of the same
+    cluster run with BAYCHAT_EMBEDDED_WORKER=0."""
+    import logging
+
+    from server.workers import run_workers
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        asyncio.run(run_workers(Settings.from_env(), workers))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
 def migrate() -> None:
     """Apply pending schema migrations (as the owner role)."""
     settings = Settings.from_env()

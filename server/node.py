@@ -54,6 +54,16 @@ class Node:
                 CloseCode.REVOKED,
                 "access revoked",
             )
+        elif event.kind == "channel_resync":
+            # This node missed messages of the channel that the broker cannot replay:
+            # its subscribers reconnect and recover them from the store with ``since``.
+            self.close_where(
+                lambda c: (
+                    c.principal.tenant_id == event.tenant_id and event.subject in c.subscriptions
+                ),
+                CloseCode.TRY_AGAIN,
+                "missed messages; resubscribe with since",
+            )
         for listener in self._control_listeners:
             try:
                 listener(event)

@@ -65,7 +65,9 @@ def storage_url(settings: Settings) -> str:
     if settings.rate_limit_url:
         return settings.rate_limit_url
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        return settings.broker_url
+        from server.broker.redis import RedisOptions
+
+        return RedisOptions.split_url(settings.broker_url)[0]  # without the broker's options
     return "memory://"
 
 

@@ -83,20 +83,22 @@ class Runtime:
             owner_store = open_store(settings, owner=True)
             await owner_store.open(migrate_schema=True, app_role=app_role(settings))
             await owner_store.close()
-        store = open_store(settings)
-        await store.open()
-        broker = open_broker(settings.broker_url, seed_source(store), node_id=settings.node_id)
-        node = Node()
-        await broker.start(node)
+        # Configuration errors first: once the store is open, a failed start would leave
+        # its threads behind and the process would hang instead of exiting.
+        passwords = make_passwords(settings)
         access = AccessTokens(
             load_signing_keys(settings),
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             ttl_s=settings.access_ttl_s,
         )
+        store = open_store(settings)
+        await store.open()
+        broker = open_broker(settings.broker_url, seed_source(store), node_id=settings.node_id)
+        node = Node()
+        await broker.start(node)
         credentials = CredentialCache(settings.credential_cache_s)
         node.add_control_listener(credentials.on_control)
-        passwords = make_passwords(settings)
         auth = AuthService(
             store,
             broker,

@@ -10,7 +10,11 @@ back into it. Guarantees every implementation keeps (checked by tests/server/bro
 * Fan-out: every node subscribed to a channel gets ``on_message`` once per message, in
   seq order per channel, and only for messages that are in the durable log.
 * ``on_persisted`` reaches the node the message was published from, after the message is
-  committed to the store; that is when the sender gets its ``ack``.
+  committed to the store; that is when the sender gets its ``ack``. It may come more than
+  once, and before ``publish`` returned (server/acks.py allows for both). A retry that
+  returns ``duplicate=True, persisted=False`` gets its ``on_persisted`` on the retrying
+  node too.
+* ``ready()`` is False while the node cannot receive fan-out; a broker recovers by itself.
 * Everything is namespaced by tenant: the same channel id in two tenants never mixes.
 """
 
@@ -22,6 +26,7 @@ from typing import Protocol
 
 from storage.messages import IdempotencyRecord
 from storage.models import Message
+from storage.worker import PersistenceLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +57,10 @@ class ChannelSeed:
 @dataclass(frozen=True, slots=True)
 class ControlEvent:
     """Node-to-node notices. ``kind`` is e.g. ``session_revoked``, ``agent_killed``,
-    ``membership_changed``; ``subject`` the id it is about."""
+    ``membership_changed``; ``subject`` the id it is about. A broker raises
+    ``channel_resync`` (subject: a channel id) on its own node only, when this node missed
+    messages of that channel that it cannot deliver late: the channel's local subscribers
+    must resubscribe with ``since`` to recover them from the store."""
 
     kind: str
     tenant_id: str
@@ -116,8 +124,33 @@ def open_broker(url: str, seed: SeedSource, *, node_id: str) -> Broker:
 
         return MemoryBroker(seed, node_id=node_id)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from server.broker.redis import RedisBroker  # type: ignore[import-not-found,unused-ignore]
+        from server.broker.redis import RedisBroker
 
         broker: Broker = RedisBroker(url, seed, node_id=node_id)
         return broker
     raise ValueError("unsupported broker URL scheme (use memory:// or redis://)")
+
+
+class SharedLog(PersistenceLog, Protocol):
+    """A persistence log that worker processes reach on their own."""
+
+    def stop(self) -> None:
+        """Hand out no new entries (shutting down); a batch in hand is still returned."""
+        ...
+
+    async def close(self) -> None:
+        """Release what this consumer holds uncommitted, for other workers to take."""
+        ...
+
+
+def open_log(url: str, *, consumer: str) -> SharedLog:
+    """The persistence log of the broker at ``url``, for a ``baychat worker`` process.
+    ``consumer`` names this worker among the others draining the same log."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from server.broker.redis import open_redis_log
+
+        return open_redis_log(url, consumer=consumer)
+    raise ValueError(
+        "this broker's log lives inside the gateway process: run the worker embedded"
+        " (BAYCHAT_EMBEDDED_WORKER=1), or use a shared broker (BAYCHAT_BROKER_URL=redis://...)"
+    )

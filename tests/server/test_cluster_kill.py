@@ -22,7 +22,7 @@ import websockets
 from protocol.codes import CloseCode
 from server.auth.tokens import SigningKeys
 from tests.backends import free_port, fresh_postgres, shared_redis_url
-from tests.harness import PASSWORD, assert_closed, expect, send
+from tests.harness import ORIGIN, PASSWORD, assert_closed, expect, send
 from tests.identity import bearer
 
 CLI = [sys.executable, "-m", "server.cli"]
@@ -87,7 +87,9 @@ async def test_kill_switch_closes_an_agent_socket_on_another_gateway(tmp_path: P
             "BAYCHAT_KEYSTORE_DIR": str(tmp_path / "keys"),
             "BAYCHAT_DATABASE_URL": db.app_url,
             "BAYCHAT_DATABASE_OWNER_URL": db.owner_url,
-            "BAYCHAT_BROKER_URL": redis_url,
+            # A namespace of its own on the shared Redis.
+            "BAYCHAT_BROKER_URL": f"{redis_url}?namespace=k{secrets.token_hex(4)}",
+            "BAYCHAT_ALLOWED_ORIGINS": ORIGIN,
             "BAYCHAT_MIGRATE_ON_START": "0",
             "BAYCHAT_EMBEDDED_WORKER": "0",
             "BAYCHAT_MASTER_KEYS": "1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
@@ -114,7 +116,7 @@ async def test_kill_switch_closes_an_agent_socket_on_another_gateway(tmp_path: P
                 )
                 token = issued.json()["token"]
                 ws_url = b.replace("http://", "ws://") + "/ws"
-                async with websockets.connect(ws_url, close_timeout=0.5) as ws:
+                async with websockets.connect(ws_url, close_timeout=0.5, origin=ORIGIN) as ws:
                     await send(ws, {"type": "auth", "token": token})
                     await expect(ws, "ready")
                     killed = await http.post(f"{a}/api/v1/agents/{agent['id']}/kill",
@@ -125,6 +127,6 @@ async def test_kill_switch_closes_an_agent_socket_on_another_gateway(tmp_path: P
                     refused = await http.get(f"{gateway}/api/v1/channels", headers=bearer(token))
                     assert refused.status_code == 401
                 # Reconnecting to the other gateway is refused too.
-                async with websockets.connect(ws_url, close_timeout=0.5) as again:
+                async with websockets.connect(ws_url, close_timeout=0.5, origin=ORIGIN) as again:
                     await send(again, {"type": "auth", "token": token})
                     await assert_closed(again, CloseCode.REVOKED)

@@ -1,0 +1,87 @@
+"""The Lua scripts of the Redis broker. Each runs atomically inside Redis and touches keys of
+one tenant only (one hash tag), so each stays within one Redis Cluster slot.
+
+Key and value formats are described in ``server.broker.redis_keys``. An idempotency record
+is ``<seq>|<message id>|<sent_at>|<log entry id>``; the entry id is empty for records
+seeded from the store (those messages are stored already).
+"""
+
+from __future__ import annotations
+
+# KEYS: seq, window, log, epoch, idem (a never-written dummy when there is no client_msg_id)
+# ARGV: fields, origin node, fan-out channel, window size, window ttl, idem ttl ('' = none),
+#       message id, sent_at, epoch candidate, max backlog, consumer group
+# -> {'noseq'} | {'full'} | {'dup', record, pending 0|1, epoch} | {'ok', seq, entry id, epoch}
+PUBLISH = """
+local seq = redis.call('GET', KEYS[1])
+if not seq then return {'noseq'} end
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then
+  epoch = ARGV[9]
+  redis.call('SET', KEYS[4], epoch)
+end
+if ARGV[6] ~= '' then
+  local prior = redis.call('GET', KEYS[5])
+  if prior then
+    local xid = string.match(prior, '|([^|]*)$')
+    local pending = 0
+    if xid and xid ~= '' and #redis.call('XRANGE', KEYS[3], xid, xid) > 0 then
+      pending = 1
+    end
+    return {'dup', prior, pending, epoch}
+  end
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[11], '0', 'MKSTREAM')
+elseif redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[10]) then
+  return {'full'}
+end
+seq = redis.call('INCR', KEYS[1])
+local line = seq .. '|' .. ARGV[1]
+local xid = redis.call('XADD', KEYS[3], '*', 'o', ARGV[2], 'm', line)
+redis.call('RPUSH', KEYS[2], line)
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[5], seq .. '|' .. ARGV[7] .. '|' .. ARGV[8] .. '|' .. xid,
+             'EX', ARGV[6])
+end
+redis.call('PUBLISH', ARGV[3], 'm' .. line)
+return {'ok', seq, xid, epoch}
+"""
+
+# KEYS: seq, window. ARGV: since.
+# -> {'miss'} when the window does not reach back to since, else {'ok', line, ...}
+RECENT = """
+local head = redis.call('GET', KEYS[1])
+if not head then return {'miss'} end
+local since = tonumber(ARGV[1])
+if since >= tonumber(head) then return {'ok'} end
+local first = redis.call('LINDEX', KEYS[2], 0)
+if not first then return {'miss'} end
+local oldest = tonumber(string.match(first, '^(%d+)|'))
+if oldest > since + 1 then return {'miss'} end
+local out = redis.call('LRANGE', KEYS[2], since + 1 - oldest, -1)
+table.insert(out, 1, 'ok')
+return out
+"""
+
+# KEYS: log, epoch. ARGV: entry ids. -> {epoch or '', 1|0 per id (still in the log)}
+PENDING = """
+local out = {redis.call('GET', KEYS[2]) or ''}
+for i = 1, #ARGV do
+  if #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) > 0 then
+    out[i + 1] = 1
+  else
+    out[i + 1] = 0
+  end
+end
+return out
+"""
+
+# KEYS: control log. ARGV: control channel, payload, max length. -> entry id
+CONTROL = """
+local xid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[2])
+redis.call('PUBLISH', ARGV[1], xid .. '|' .. ARGV[2])
+return xid
+"""

@@ -1,0 +1,294 @@
+"""What only the Redis broker has: its key layout, a connection that drops and comes back,
+a worker that dies holding entries, a full log, and acks no notification brought."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from protocol.errors import RateLimitedError, UnavailableError
+from server.auth.authority import scope_for_system
+from server.broker import redis as redis_broker
+from server.broker import redis_fanout
+from server.broker.base import ControlEvent, Draft, open_log
+from server.broker.redis_keys import GROUP
+from storage.store import Store
+from storage.worker import LogEntry
+from tests.backends import OwnRedis, own_redis
+from tests.server.broker.rig import make_channel, open_rig, redis_url, sqlite_store, store_seed
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await sqlite_store(tmp_path)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[OwnRedis]:
+    with own_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def reconnect_gate(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """While cleared, a listener that lost its connection does not reconnect: the test
+    decides what is published while a node is deaf."""
+    gate = asyncio.Event()
+    gate.set()
+    session = redis_fanout.Fanout._session
+
+    async def gated(self: redis_fanout.Fanout, pubsub: Any) -> None:
+        await gate.wait()
+        await session(self, pubsub)
+
+    monkeypatch.setattr(redis_fanout.Fanout, "_session", gated)
+    return gate
+
+
+def namespaced(base: str, **options: object) -> str:
+    query = "&".join(f"{k}={v}" for k, v in options.items())
+    return f"{base}?namespace=t{secrets.token_hex(4)}&{query}"
+
+
+def test_broker_options_ride_in_the_url_and_the_rest_goes_to_redis() -> None:
+    url, options = redis_broker.RedisOptions.split_url(
+        "rediss://user:pw@redis:6380/2?namespace=prod&window=500&ssl_cert_reqs=required"
+    )
+    assert url == "rediss://user:pw@redis:6380/2?ssl_cert_reqs=required"
+    assert (options.namespace, options.window) == ("prod", 500)
+    assert options.claim_idle_ms == redis_broker.RedisOptions().claim_idle_ms
+    with pytest.raises(ValueError, match="namespace"):
+        redis_broker.RedisOptions.split_url("redis://x/0?namespace=a{b}")
+    with pytest.raises(ValueError, match="positive"):
+        redis_broker.RedisOptions.split_url("redis://x/0?window=0")
+
+
+async def test_every_key_carries_its_tenant_as_a_hash_tag(store: Store) -> None:
+    url = await redis_url()
+    namespace = url.split("namespace=")[1].split("&")[0]
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        tenant_id, channel_id = await make_channel(store)
+        node = await rig.node()
+        await node.broker.subscribe(tenant_id, channel_id)
+        sent = await node.publish(tenant_id, channel_id, "hi", client_msg_id="c1")
+        await node.broker.publish_control(ControlEvent("x", tenant_id, "y"))
+        await node.handler.until(lambda: sent.message.id in node.handler.persisted_ids())
+
+        client = aioredis.from_url(url.split("?")[0])
+        try:
+            keys = {k.decode() async for k in client.scan_iter(f"{namespace}:*")}
+            channels = {c.decode() for c in await client.pubsub_channels(f"{namespace}:*")}
+        finally:
+            await client.aclose()
+
+    directory = {f"{namespace}:log:tenants", f"{namespace}:control:log"}
+    tenant_keys = keys - directory
+    assert tenant_keys, keys
+    assert all(k.startswith(f"{namespace}:{{{tenant_id}}}:") for k in tenant_keys), keys
+    assert f"{namespace}:{{{tenant_id}}}:ch:{channel_id}" in channels
+    assert {c for c in channels if "{" not in c} == {
+        f"{namespace}:control",
+        f"{namespace}:node:{node.broker.node_id}",
+    }
+
+
+async def test_a_dropped_subscription_reconnects_and_delivers_what_it_missed_in_order(
+    store: Store, private_redis: OwnRedis, reconnect_gate: asyncio.Event
+) -> None:
+    url = namespaced(private_redis.url, claim_idle_ms=500)
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        tenant_id, channel_id = await make_channel(store)
+        listener, publisher = await rig.node(), await rig.node()
+        await listener.broker.subscribe(tenant_id, channel_id)
+        await publisher.publish(tenant_id, channel_id, "before")
+        await listener.handler.until(lambda: listener.handler.seqs(tenant_id, channel_id) == [1])
+
+        reconnect_gate.clear()
+        admin = aioredis.from_url(private_redis.url)
+        await admin.client_kill_filter(_type="pubsub")
+        await admin.aclose()
+        await listener.handler.until(lambda: not listener.broker.ready())
+        for i in range(5):
+            await publisher.publish(tenant_id, channel_id, f"while deaf {i}")
+        reconnect_gate.set()
+
+        # Nothing else is published: the catch-up alone must bring the missed ones.
+        await listener.handler.until(listener.broker.ready)
+        await listener.handler.until(lambda: len(listener.handler.seqs(tenant_id, channel_id)) > 5)
+        await publisher.publish(tenant_id, channel_id, "after")
+        await listener.handler.until(lambda: len(listener.handler.seqs(tenant_id, channel_id)) > 6)
+        assert listener.handler.seqs(tenant_id, channel_id) == list(range(1, 8))
+
+
+async def test_a_gap_beyond_the_window_sends_the_channels_subscribers_back_to_the_store(
+    store: Store, private_redis: OwnRedis, reconnect_gate: asyncio.Event
+) -> None:
+    url = namespaced(private_redis.url, window=2)
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        tenant_id, channel_id = await make_channel(store)
+        listener, publisher = await rig.node(), await rig.node()
+        await listener.broker.subscribe(tenant_id, channel_id)
+        await publisher.publish(tenant_id, channel_id, "seen")
+        await listener.handler.until(lambda: listener.handler.seqs(tenant_id, channel_id) == [1])
+
+        reconnect_gate.clear()
+        admin = aioredis.from_url(private_redis.url)
+        await admin.client_kill_filter(_type="pubsub")
+        await admin.aclose()
+        await listener.handler.until(lambda: not listener.broker.ready())
+        for i in range(4):
+            await publisher.publish(tenant_id, channel_id, f"missed {i}")
+        reconnect_gate.set()
+        await listener.handler.until(listener.broker.ready)
+
+        resync = ControlEvent("channel_resync", tenant_id, channel_id)
+        await listener.handler.until(lambda: resync in listener.handler.control)
+        assert listener.handler.seqs(tenant_id, channel_id) == [1]
+
+
+async def test_after_a_redis_restart_nodes_are_unready_then_resume_without_reusing_seqs(
+    store: Store, private_redis: OwnRedis
+) -> None:
+    url = namespaced(private_redis.url, claim_idle_ms=500)
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        tenant_id, channel_id = await make_channel(store)
+        listener, publisher = await rig.node(), await rig.node()
+        await listener.broker.subscribe(tenant_id, channel_id)
+        await publisher.publish(tenant_id, channel_id, "one")
+        await listener.handler.until(lambda: listener.handler.seqs(tenant_id, channel_id) == [1])
+
+        private_redis.stop(kill=True)  # appendfsync always: nothing answered is lost
+        await listener.handler.until(lambda: not listener.broker.ready())
+        with pytest.raises(UnavailableError):
+            await publisher.publish(tenant_id, channel_id, "into the void")
+        private_redis.start()
+
+        await listener.handler.until(listener.broker.ready)
+        await listener.handler.until(publisher.broker.ready)
+        two = await publisher.publish(tenant_id, channel_id, "two")
+        assert two.message.seq == 2
+        await listener.handler.until(lambda: listener.handler.seqs(tenant_id, channel_id) == [1, 2])
+        await publisher.handler.until(lambda: two.message.id in publisher.handler.persisted_ids())
+
+
+async def test_entries_held_by_a_dead_worker_are_claimed_by_a_live_one(store: Store) -> None:
+    url = await redis_url(claim_idle_ms=200)
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        rig.tasks[0].cancel()  # no worker of the rig's own: this test plays both
+        tenant_id, channel_id = await make_channel(store)
+        node = await rig.node()
+        sent = [await node.publish(tenant_id, channel_id, f"m{i}") for i in range(3)]
+
+        doomed = open_log(url, consumer="doomed")
+        taken = await doomed.read(10, 1000)
+        assert [e.message.id for e in taken] == [p.message.id for p in sent]
+        await doomed.close()  # dies without marking anything done
+
+        survivor = open_log(url, consumer="survivor")
+        claimed = []
+        while len(claimed) < 3:
+            claimed = await survivor.read(10, 100)
+        assert [e.message.id for e in claimed] == [p.message.id for p in sent]
+        await survivor.done(claimed)
+        await survivor.close()
+
+        await node.handler.until(
+            lambda: {p.message.id for p in sent} <= node.handler.persisted_ids()
+        )
+        client = aioredis.from_url(url.split("?")[0])
+        namespace = url.split("namespace=")[1].split("&")[0]
+        stream = f"{namespace}:{{{tenant_id}}}:log"
+        try:
+            assert await client.xlen(stream) == 0
+            assert (await client.xpending(stream, GROUP))["pending"] == 0
+        finally:
+            await client.aclose()
+
+
+async def test_a_worker_shutting_down_gives_back_what_it_read_ahead(store: Store) -> None:
+    url = await redis_url(claim_idle_ms=60_000)  # only a give-back makes this quick
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        rig.tasks[0].cancel()
+        tenant_id, channel_id = await make_channel(store)
+        node = await rig.node()
+        sent = [await node.publish(tenant_id, channel_id, f"m{i}") for i in range(5)]
+
+        leaving = open_log(url, consumer="leaving")
+        batch = await leaving.read(2, 1000)
+        assert len(batch) == 2
+        leaving.stop()
+        assert await leaving.read(2, 1000) == batch  # the batch in hand, nothing new
+        await leaving.close()
+
+        staying = open_log(url, consumer="staying")
+        taken: list[LogEntry] = []
+        for _ in range(20):
+            more = await staying.read(10, 100)
+            await staying.done(more)
+            taken += more
+            if len(taken) >= 5:
+                break
+        await staying.close()
+        assert sorted(e.message.seq for e in taken) == [p.message.seq for p in sent]
+
+
+async def test_a_full_log_refuses_new_messages_but_not_retries(store: Store) -> None:
+    url = await redis_url(max_backlog=3)
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        rig.tasks[0].cancel()  # nobody drains the log
+        tenant_id, channel_id = await make_channel(store)
+        node = await rig.node()
+        for i in range(3):
+            await node.publish(tenant_id, channel_id, f"m{i}", client_msg_id=f"c{i}")
+
+        with pytest.raises(RateLimitedError):
+            await node.publish(tenant_id, channel_id, "one too many")
+        retry = await node.publish(tenant_id, channel_id, "m0", client_msg_id="c0")
+        assert retry.duplicate
+        assert retry.message.seq == 1
+
+
+async def test_an_ack_whose_notice_was_lost_is_found_by_the_sweep(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_broker, "SWEEP_EVERY_S", 0.2)
+    async with open_rig("redis", store, store_seed(store)) as rig:
+        rig.tasks[0].cancel()
+        tenant_id, channel_id = await make_channel(store)
+        node = await rig.node()
+        sent = await node.publish(tenant_id, channel_id, "lost notice")
+
+        log = open_log(rig.url, consumer="forgetful")
+        entries: list[LogEntry] = []
+        while not entries:
+            entries = await log.read(10, 100)
+        await store.messages.insert_batch(
+            [(scope_for_system(tenant_id), e.message) for e in entries]
+        )
+        # The worker commits and tells a node that no longer exists.
+        await log.done([LogEntry(e.entry_id, e.message, "gone") for e in entries])
+        await log.close()
+
+        await node.handler.until(lambda: sent.message.id in node.handler.persisted_ids())
+
+
+async def test_publishing_without_redis_is_unavailable_not_lost(store: Store) -> None:
+    url = namespaced("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    broker = redis_broker.RedisBroker(url, store_seed(store), node_id="lonely")
+    tenant_id, channel_id = await make_channel(store)
+    try:
+        with pytest.raises(UnavailableError):
+            await broker.publish(Draft(tenant_id, channel_id, "general", "alice", "hi", None))
+        assert not broker.ready()
+    finally:
+        await broker.close()
