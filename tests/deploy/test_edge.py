@@ -1,112 +1,60 @@
-"""The cluster's topology as local processes: Caddy (the repository's Caddyfile, ``tls
-internal`` on localhost) in front of BayChat gateway processes, and clients that only ever
-speak to Caddy, over HTTPS and ``wss://``, trusting nothing but Caddy's internal CA."""
+"""The cluster of docker-compose.yml as local processes: Caddy (the repository's Caddyfile,
+``tls internal`` on localhost) in front of two gateway processes and a persistence worker,
+on Redis and Postgres (fresh roles, migrated as the owner, served as the application role).
+Clients speak only to Caddy, over HTTPS and ``wss://``, trusting nothing but Caddy's
+internal CA."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.backends import PostgresDatabase, free_port, fresh_postgres
+from tests.backends import free_port, fresh_postgres, shared_redis_url
 from tests.deploy.caddy import Edge, running_edge
 from tests.harness import TIMEOUT, expect, expect_messages, publish, send, subscribe
-
-CLI = [sys.executable, "-m", "server.cli"]
-
-
-@dataclass
-class Gateway:
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def websocket_connects(self) -> list[dict[str, Any]]:
-        """The gateway's own ``ws.connect`` log events (JSON lines)."""
-        events = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if line.startswith("{") and '"ws.connect"' in line:
-                events.append(json.loads(line))
-        return events
-
-
-def _wait_healthy(gateway: Gateway, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gateway.process.poll() is not None:
-            raise RuntimeError(f"{gateway.name} exited:\n{gateway.log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://{gateway.address}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{gateway.name} not ready:\n{gateway.log.read_text()[-3000:]}")
-
-
-@contextmanager
-def gateways(env: dict[str, str], count: int, logs: Path) -> Iterator[list[Gateway]]:
-    started: list[Gateway] = []
-    try:
-        for index in range(1, count + 1):
-            port = free_port()
-            log = logs / f"gateway-{index}.log"
-            with log.open("wb") as sink:
-                process = subprocess.Popen(
-                    [*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=sink,
-                    stderr=subprocess.STDOUT,
-                )
-            started.append(Gateway(f"gateway-{index}", port, process, log))
-        for gateway in started:
-            _wait_healthy(gateway)
-        yield started
-    finally:
-        for gateway in started:
-            gateway.process.send_signal(signal.SIGTERM)
-        for gateway in started:
-            try:
-                gateway.process.wait(15)
-            except subprocess.TimeoutExpired:
-                gateway.process.kill()
-                gateway.process.wait(5)
+from tests.processes import Processes, Service, baychat_command
 
 
 def _cli(env: dict[str, str], *args: str) -> dict[str, Any]:
-    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*baychat_command(), *args], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     doc: dict[str, Any] = json.loads(done.stdout)
     return doc
 
 
+def websocket_connects(gateway: Service) -> list[dict[str, Any]]:
+    """The gateway's own ``ws.connect`` log events (JSON lines)."""
+    events = []
+    for line in gateway.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"ws.connect"' in line:
+            events.append(json.loads(line))
+    return events
+
+
 @dataclass
 class Cluster:
     edge: Edge
-    gateways: list[Gateway]
+    gateways: list[Service]
     demo: dict[str, Any]
+
+    @property
+    def site_origin(self) -> str:
+        return self.edge.https_url
 
     async def login(self, email: str) -> str:
         async with self.edge.http() as http:
@@ -121,10 +69,6 @@ class Cluster:
         assert response.status_code == 200, response.text
         token: str = response.json()["access_token"]
         return token
-
-    @property
-    def site_origin(self) -> str:
-        return self.edge.https_url
 
     async def connect(self, **kwargs: Any) -> ClientConnection:
         return await websockets.connect(
@@ -149,71 +93,136 @@ class Cluster:
         await expect(ws, "ready")
         return ws
 
+    def gateway_of(self, count_before: dict[str, int]) -> Service:
+        """The one gateway that accepted a WebSocket since ``count_before`` was taken."""
+        grew = [g for g in self.gateways if len(websocket_connects(g)) > count_before[g.name]]
+        assert len(grew) == 1, grew
+        return grew[0]
 
-def _cluster_env(data_dir: Path, db: PostgresDatabase, site_origin: str) -> dict[str, str]:
-    """What docker-compose.yml gives a gateway, with local addresses."""
+    def connect_counts(self) -> dict[str, int]:
+        return {g.name: len(websocket_connects(g)) for g in self.gateways}
+
+
+async def until_dropped(ws: ClientConnection) -> None:
+    """Read until the connection is gone (frames already in flight are passed over)."""
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+
+
+def _cluster_env(data_dir: Path, app_url: str, broker_url: str, origin: str) -> dict[str, str]:
+    """What docker-compose.yml gives a gateway and the worker, with local addresses."""
     master = base64.b64encode(secrets.token_bytes(32)).decode()
     jwt = {"active": "k1", "keys": {"k1": base64.b64encode(secrets.token_bytes(32)).decode()}}
     return {
-        **os.environ,
         "BAYCHAT_DATA_DIR": str(data_dir),
         "BAYCHAT_KEYSTORE_DIR": str(data_dir / "keys"),
-        "BAYCHAT_DATABASE_URL": db.app_url,
+        "BAYCHAT_DATABASE_URL": app_url,
+        "BAYCHAT_BROKER_URL": broker_url,
         "BAYCHAT_MASTER_KEYS": f"1:{master}",
         "BAYCHAT_JWT_KEYS": json.dumps(jwt),
         "BAYCHAT_MIGRATE_ON_START": "0",
+        "BAYCHAT_EMBEDDED_WORKER": "0",
         # X-Forwarded-* is believed from Caddy's address only.
         "BAYCHAT_TRUSTED_PROXIES": "127.0.0.1",
-        "BAYCHAT_ALLOWED_ORIGINS": site_origin,
+        "BAYCHAT_ALLOWED_ORIGINS": origin,
     }
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with fresh_postgres() as db:
+    # The shared Redis, under a namespace of this test's own.
+    broker_url = f"{await shared_redis_url()}?namespace=edge-{secrets.token_hex(4)}"
+    async with fresh_postgres() as db, Processes(tmp_path / "logs") as procs:
         https_port = free_port()
-        env = _cluster_env(tmp_path / "data", db, f"https://localhost:{https_port}")
+        env = _cluster_env(
+            tmp_path / "data", db.app_url, broker_url, f"https://localhost:{https_port}"
+        )
+        full_env = {**os.environ, **env}
         # The compose `migrate` service: both URLs, once, before any gateway starts.
-        _cli({**env, "BAYCHAT_DATABASE_OWNER_URL": db.owner_url}, "migrate")
-        demo = _cli(env, "demo", "--slug", f"edge-{secrets.token_hex(3)}")
-        with (
-            gateways(env, 1, tmp_path) as started,
-            running_edge([g.address for g in started], tmp_path / "caddy", https_port) as edge,
-        ):
-            yield Cluster(edge, started, demo)
+        _cli({**full_env, "BAYCHAT_DATABASE_OWNER_URL": db.owner_url}, "migrate")
+        demo = _cli(full_env, "demo", "--slug", f"edge-{secrets.token_hex(3)}")
+        procs.worker("worker", env)
+        gateways = [procs.gateway("gateway-1", env), procs.gateway("gateway-2", env)]
+        await asyncio.gather(*(g.wait_ready() for g in gateways))
+        addresses = [f"127.0.0.1:{g.port}" for g in gateways]
+        with running_edge(addresses, tmp_path / "caddy", https_port) as edge:
+            yield Cluster(edge, gateways, demo)
 
 
-async def test_two_clients_chat_over_wss_through_caddy(cluster: Cluster) -> None:
+async def test_clients_on_two_gateways_chat_over_wss_through_caddy(cluster: Cluster) -> None:
     alice_email, bob_email = cluster.demo["users"]
+    before = cluster.connect_counts()
     alice = await cluster.browser_session(alice_email)
+    alice_gateway = cluster.gateway_of(before)
+    before = cluster.connect_counts()
     bob = await cluster.app_session(bob_email)
+    bob_gateway = cluster.gateway_of(before)
+    # least_conn: the second long-lived socket goes to the gateway holding none.
+    assert alice_gateway is not bob_gateway
     try:
         await subscribe(alice, "general")
         await subscribe(bob, "general")
+        # An ack means a worker stored it; the message crossed gateways through Redis.
         ack = await publish(alice, "general", "hello over wss")
         [seen] = await expect_messages(bob, 1)
-        assert seen["body"] == "hello over wss"
-        assert seen["seq"] == ack["seq"]
+        assert (seen["body"], seen["seq"]) == ("hello over wss", ack["seq"])
         reply = await publish(bob, "general", "and back")
-        [back] = await expect_messages(alice, 1, timeout=TIMEOUT)
+        [back] = await expect_messages(alice, 1)
         assert (back["body"], back["seq"]) == ("and back", reply["seq"])
     finally:
         await asyncio.gather(alice.close(), bob.close())
-    # Both sockets really went through Caddy to a gateway.
-    connects = [e for g in cluster.gateways for e in g.websocket_connects()]
-    assert sorted(e["browser"] for e in connects) == [False, True]
 
-
-async def test_api_answers_through_caddy_with_the_edge_headers(cluster: Cluster) -> None:
-    token = await cluster.login(cluster.demo["users"][0])
+    token = await cluster.login(alice_email)
     async with cluster.edge.http() as http:
-        response = await http.get("/api/v1/channels", headers={"Authorization": f"Bearer {token}"})
-    assert response.status_code == 200, response.text
-    assert "general" in response.text
-    assert response.headers["strict-transport-security"].startswith("max-age=")
-    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
-    assert response.headers["x-frame-options"] == "DENY"
-    assert response.extensions["http_version"] in {b"HTTP/1.1", b"HTTP/2"}
+        page = await http.get(
+            "/api/v1/channels/general/messages", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert page.status_code == 200, page.text
+    stored = sorted(page.json()["messages"], key=lambda m: m["seq"])
+    assert [m["body"] for m in stored] == ["hello over wss", "and back"]
+    assert page.headers["strict-transport-security"].startswith("max-age=")
+    assert page.headers["x-frame-options"] == "DENY"
+
+
+async def test_when_a_gateway_dies_its_clients_reconnect_through_caddy_to_the_other(
+    cluster: Cluster,
+) -> None:
+    alice_email, bob_email = cluster.demo["users"]
+    before = cluster.connect_counts()
+    alice = await cluster.app_session(alice_email)
+    alice_gateway = cluster.gateway_of(before)
+    before = cluster.connect_counts()
+    bob = await cluster.app_session(bob_email)
+    bob_gateway = cluster.gateway_of(before)
+    assert alice_gateway is not bob_gateway
+    await subscribe(alice, "general")
+    await subscribe(bob, "general")
+    acked = [await publish(alice, "general", f"before {i}") for i in range(3)]
+    seen = await expect_messages(bob, 3)
+    last_seen = seen[-1]["seq"]
+
+    token = await cluster.login(bob_email)
+    bob_gateway.kill()  # SIGKILL: no goodbye to anyone
+    await until_dropped(bob)
+    # Sent while Bob is away, through Alice's gateway, which lives on.
+    missed = [await publish(alice, "general", f"missed {i}") for i in range(3)]
+
+    # The same URL as before: Caddy's dial to the dead gateway fails, it marks it down and
+    # tries the other (lb_try_duration) within this very handshake.
+    before = cluster.connect_counts()
+    bob = await cluster.connect(additional_headers={"Authorization": f"Bearer {token}"})
+    await expect(bob, "ready")
+    assert cluster.gateway_of(before) is alice_gateway
+    # Later requests, with bodies too, no longer try the dead gateway.
+    assert await cluster.login(bob_email)
+    recovered = await subscribe(bob, "general", since=last_seen)
+    assert recovered["recovered"] is True
+    again = await expect_messages(bob, 3)
+    assert [m["body"] for m in again] == [f"missed {i}" for i in range(3)]
+    assert [m["seq"] for m in again] == [a["seq"] for a in missed]
+    assert acked[-1]["seq"] == last_seen
+    await asyncio.gather(alice.close(), bob.close())
 
 
 async def test_a_foreign_origin_is_refused_through_caddy(cluster: Cluster) -> None:
