@@ -238,5 +238,6 @@ async def _announce(settings: Settings, tenant_id: str) -> None:
     await broker.start(Node())
     try:
         await broker.publish_control(ControlEvent(TENANT_DELETED, tenant_id, tenant_id))
+        await broker.forget_recent(tenant_id)
     finally:
         await broker.close()

@@ -69,6 +69,8 @@ async def erase(request: Request) -> Response:
         await runtime.broker.publish_control(
             ControlEvent(SESSION_REVOKED, principal.tenant_id, session_id)
         )
+    # The broker's recent windows may still hold the erased bodies in plaintext.
+    await runtime.broker.forget_recent(principal.tenant_id)
     _sweep_later(erasure, scope, principal.id)
     _log.info("user erased", extra={"event": "gdpr.erase", "tenant_id": principal.tenant_id})
     return json_response(

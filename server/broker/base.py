@@ -112,6 +112,12 @@ class Broker(Protocol):
         the window does not reach back to ``since`` (ask the store)."""
         ...
 
+    async def forget_recent(self, tenant_id: str) -> None:
+        """Drop every recent-history window of a tenant, after an erasure or a tenant
+        deletion, so no plaintext body outlives it in the broker. Recovery then reads the
+        store, which holds the tombstones."""
+        ...
+
     def ready(self) -> bool:
         """True while this node receives fan-out."""
         ...

@@ -134,6 +134,9 @@ class MemoryBroker:
     async def recent(self, tenant_id: str, channel_id: str, since: int) -> list[Message] | None:
         return None  # everything fanned out is already in the store
 
+    async def forget_recent(self, tenant_id: str) -> None:
+        return None  # keeps no window: fan-out happens after the store has the message
+
     def ready(self) -> bool:
         return self._handler is not None
 

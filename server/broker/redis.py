@@ -305,6 +305,20 @@ class RedisBroker:
         except RedisError as exc:
             raise UnavailableError("message broker unavailable; retry later") from exc
 
+    async def forget_recent(self, tenant_id: str) -> None:
+        pattern = self._names.tenant(tenant_id).window("*")
+        try:
+            batch: list[Any] = []
+            async for key in self._client.scan_iter(match=pattern, count=500):
+                batch.append(key)
+                if len(batch) >= 500:
+                    await self._client.delete(*batch)
+                    batch = []
+            if batch:
+                await self._client.delete(*batch)
+        except RedisError as exc:
+            raise UnavailableError("message broker unavailable; retry later") from exc
+
     # -- FanoutSink ---------------------------------------------------------------------
 
     def message(self, message: Message) -> None:

@@ -215,6 +215,25 @@ async def test_recent_returns_the_window_after_since_or_none(store: Store) -> No
             assert too_old is None  # the window holds 8: the store serves seq 3 and on
 
 
+async def test_forget_recent_drops_a_tenants_windows_only(rig: Rig, store: Store) -> None:
+    """After an erasure the broker keeps no plaintext window of that tenant; other tenants'
+    windows are untouched."""
+    erased_tenant, erased_channel = await make_channel(store)
+    other_tenant, other_channel = await make_channel(store)
+    node = await rig.node()
+    for i in range(3):
+        await node.publish(erased_tenant, erased_channel, f"secret {i}")
+        await node.publish(other_tenant, other_channel, f"kept {i}")
+
+    await node.broker.forget_recent(erased_tenant)
+
+    assert await node.broker.recent(erased_tenant, erased_channel, 0) is None
+    kept = await node.broker.recent(other_tenant, other_channel, 0)
+    if rig.has_window:
+        assert kept is not None
+        assert [m.body for m in kept] == [f"kept {i}" for i in range(3)]
+
+
 async def test_seq_is_never_reused_after_the_broker_lost_its_state(rig: Rig, store: Store) -> None:
     tenant_id, channel_id = await make_channel(store)
     node = await rig.node()
