@@ -13,14 +13,13 @@ Process CPU and memory come from prometheus-client's process collector
 reads them to measure server cost per delivery from outside.
 
 Other modules call the small functions below rather than touching metric objects, so the
-names and label sets are defined in one place. ``rate_limited(scope)`` is the one the rate
-limiter calls whenever it refuses a request.
+names and label sets are defined in one place; ``server.ratelimit`` calls ``rate_limited``
+whenever it refuses a request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,12 +33,11 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from protocol.frames import CLIENT_FRAME_TYPES
+from server.ratelimit import POLICIES
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-RateLimitScope = Literal["login", "refresh", "connect", "publish", "http", "other"]
-RATE_LIMIT_SCOPES: frozenset[str] = frozenset(
-    ("login", "refresh", "connect", "publish", "http", "other")
-)
+# Rate-limit hits are labelled by policy: the fixed table of server.ratelimit, plus "other".
+RATE_LIMIT_SCOPES: frozenset[str] = frozenset((*POLICIES, "other"))
 _KINDS = ("user", "agent")
 _FRAMES_OUT = (
     "ready",
@@ -190,8 +188,9 @@ def auth_failed(code: str) -> None:
     _auth_failures.labels(code).inc()
 
 
-def rate_limited(scope: RateLimitScope) -> None:
-    """Count one request refused by a rate limit. Call it wherever a limit says no."""
+def rate_limited(scope: str) -> None:
+    """Count one request refused by a rate limit (``scope``: the policy name; anything
+    outside ``server.ratelimit.POLICIES`` counts as ``other``). The limiter calls it."""
     _rate_limit_hits.labels(scope if scope in RATE_LIMIT_SCOPES else "other").inc()
 
 

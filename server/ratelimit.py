@@ -140,6 +140,9 @@ class RateLimiter:
             )
             return
         retry_after = max(1.0, round(reset_at - time.time(), 1))
+        from server import metrics  # here: server.metrics labels its counter by POLICIES
+
+        metrics.rate_limited(policy_name)
         _log.warning(
             "rate limited",
             extra={"event": "rate_limit.hit", "policy": policy_name, "retry_after": retry_after},

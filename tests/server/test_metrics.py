@@ -3,6 +3,8 @@ the traffic, and labels that never carry user content."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from protocol.codes import CloseCode
@@ -11,6 +13,8 @@ from tests.harness import (
     LiveServer,
     assert_closed,
     expect_messages,
+    live_server,
+    make_settings,
     publish,
     send,
     subscribe,
@@ -76,12 +80,29 @@ async def test_counters_move_with_traffic(server: LiveServer) -> None:
 
 async def test_rate_limit_hits_are_counted_by_bounded_scope(server: LiveServer) -> None:
     before, _ = await scrape(server)
-    metrics.rate_limited("publish")
-    metrics.rate_limited("login")
-    metrics.rate_limited("whatever a caller passes")  # type: ignore[arg-type]
+    metrics.rate_limited("publish_user")
+    metrics.rate_limited("login_ip")
+    metrics.rate_limited("whatever a caller passes")
     after, _ = await scrape(server)
-    for scope in ("publish", "login", "other"):
+    for scope in ("publish_user", "login_ip", "other"):
         name = "baychat_rate_limit_hits_total"
         assert value(after, name, scope=scope) - value(before, name, scope=scope) == 1
     scopes = {dict(labels)["scope"] for name, labels in after if name.startswith("baychat_rate")}
     assert scopes <= metrics.RATE_LIMIT_SCOPES
+
+
+async def test_a_refusal_by_the_rate_limiter_is_counted_by_policy(tmp_path: Path) -> None:
+    async with live_server(make_settings(tmp_path, rate_login_ip="1/minute")) as server:
+        before, _ = await scrape(server)
+        body = {"tenant": "nobody", "email": "nobody@example.com", "password": "wrong one"}
+        async with server.http() as http:
+            first = await http.post("/api/v1/auth/login", json=body)
+            second = await http.post("/api/v1/auth/login", json=body)
+        assert (first.status_code, second.status_code) == (401, 429)
+        after, _ = await scrape(server)
+    name = "baychat_rate_limit_hits_total"
+    assert value(after, name, scope="login_ip") - value(before, name, scope="login_ip") == 1
+    failed = value(after, "baychat_auth_failures_total", code="unauthorized") - value(
+        before, "baychat_auth_failures_total", code="unauthorized"
+    )
+    assert failed == 1
