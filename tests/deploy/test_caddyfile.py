@@ -138,7 +138,14 @@ async def _ok(request: Request) -> Response:
 
 @contextlib.asynccontextmanager
 async def _echo_upstream() -> AsyncIterator[str]:
-    app = Starlette(routes=[Route("/readyz", _ok), Route("/healthz", _ok), Route("/echo", _echo)])
+    app = Starlette(
+        routes=[
+            Route("/readyz", _ok),
+            Route("/healthz", _ok),
+            Route("/echo", _echo),
+            Route("/metrics", _ok),
+        ]
+    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -174,6 +181,14 @@ async def test_https_response_carries_the_security_headers(edge: Edge) -> None:
     assert "camera=()" in headers["permissions-policy"]
     assert "server" not in headers
     assert "x-powered-by" not in headers
+
+
+async def test_metrics_are_not_served_to_the_internet(edge: Edge) -> None:
+    async with edge.http() as http:
+        metrics = await http.get("/metrics")
+        echo = await http.get("/echo")
+    assert metrics.status_code == 404
+    assert echo.status_code == 200  # everything else still reaches the gateways
 
 
 async def test_forwarded_headers_are_set_by_caddy_not_the_client(edge: Edge) -> None:
