@@ -223,11 +223,10 @@ def tenant_delete(slug: str, confirm: str, owner_stdin: bool) -> None:
 
 
 async def _announce(settings: Settings, tenant_id: str) -> None:
-    """Tell every node to forget the tenant's keys and close its sockets. With the in-process
-    broker there is nobody to tell from here: the server's key reloader notices the destroyed
-    key file within one reload interval."""
-    if settings.broker_url.startswith("memory:"):
-        return
+    """Tell every node to forget the tenant's keys and close its sockets, and drop the
+    broker's recent windows of the tenant. (An in-process broker reaches no other process
+    from here: an embedded server's key reloader notices the destroyed key file within one
+    reload interval.)"""
     from server.broker.base import ControlEvent, open_broker
     from server.node import Node
 

@@ -3,26 +3,19 @@ can see raw traffic.
 
 Our own code never logs a token. Libraries can: at DEBUG, uvicorn's WebSocket
 implementation logs every frame it receives (an ``auth`` frame carries a token) on
-``uvicorn.error``. The filter masks, in the formatted message, anything shaped like an
-agent token, a refresh token or a JWT, keeping a short prefix so records stay useful.
+``uvicorn.error``. The filter masks, in the formatted message, whatever
+``server.logs.redact`` recognises (JWTs, refresh and agent tokens, credentials): one set
+of patterns for every log line.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 
-_PATTERNS = re.compile(
-    r"bay_[0-9A-Za-z]{4}[0-9A-Za-z]+"  # agent tokens
-    r"|rt1\.[^.\s\"']+\.[A-Za-z0-9_\-]{8,}"  # refresh tokens
-    r"|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+"  # JWTs
-)
+from server.logs import redact
+
 # Loggers of libraries that see raw requests and frames.
 TRAFFIC_LOGGERS = ("uvicorn.error", "uvicorn.access", "websockets", "websockets.server")
-
-
-def redact(text: str) -> str:
-    return _PATTERNS.sub(lambda m: m.group(0)[:8] + "…[redacted]", text)
 
 
 class TokenRedactor(logging.Filter):
