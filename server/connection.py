@@ -19,6 +19,11 @@ class Transport(Protocol):
         """Queue ``data`` for the socket without waiting; overflow closes as slow consumer."""
         ...
 
+    def send_coalesced(self, data: bytes) -> None:
+        """``send`` for fan-out: may wait a few milliseconds to share a socket write with
+        the messages that follow it (``server.transport.COALESCE_S``), never reordered."""
+        ...
+
     def close(self, code: CloseCode, reason: str) -> None:
         """Stop sending queued data and close with ``code`` (idempotent)."""
         ...
@@ -59,7 +64,7 @@ class Connection:
             backlog.append((seq, data))
         elif seq > sub.last_seq:
             sub.last_seq = seq
-            self.transport.send(data)
+            self.transport.send_coalesced(data)
 
     def close(self, code: CloseCode, reason: str) -> None:
         self.transport.close(code, reason)

@@ -78,6 +78,11 @@ _frames_out = Counter(
 _deliveries = Counter(
     "baychat_deliveries", "Message frames handed to local subscribers", registry=REGISTRY
 )
+_socket_writes = Counter(
+    "baychat_socket_writes",
+    "Socket writes of the direct transport (each carries one or more queued frames)",
+    registry=REGISTRY,
+)
 _fanouts = Counter("baychat_fanouts", "Messages fanned out to local subscribers", registry=REGISTRY)
 _fanout_latency = Histogram(
     "baychat_fanout_latency_seconds",
@@ -168,6 +173,11 @@ def delivered(recipients: int, latency_s: float) -> None:
     _deliveries.inc(recipients)
     _message_frames_out.inc(recipients)
     _fanout_latency.observe(latency_s)
+
+
+def socket_writes(count: int) -> None:
+    """``count`` socket writes done in one flush pass: called once per pass."""
+    _socket_writes.inc(count)
 
 
 def slow_consumer() -> None:

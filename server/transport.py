@@ -1,8 +1,9 @@
 """The transports a gateway session writes through, behind ``server.connection.Transport``.
 
 * ``DirectTransport`` (served by ``server.wsprotocol.SocketProtocol``): frames each payload
-  once per fan-out, coalesces what one connection is sent in one loop iteration into one
-  socket write, and bounds the bytes the socket has not taken; no task per connection.
+  once per fan-out, joins what one connection is sent into one socket write (what arrives
+  in one loop iteration, and under load the fan-out of up to ``COALESCE_S``), and bounds
+  the bytes the socket has not taken; no task per connection.
 * ``AsgiTransport``: the portable fallback for any ASGI server, a bounded send queue drained
   by one writer task.
 
@@ -50,6 +51,8 @@ class AsgiTransport:
             return
         self._queue.append(data)
         self._wakeup.set()
+
+    send_coalesced = send  # the writer task already sends whatever has queued meanwhile
 
     def close(self, code: CloseCode, reason: str) -> None:
         if self._closing is not None:
@@ -110,6 +113,8 @@ class SessionTransport(Protocol):
 
     def send(self, data: bytes) -> None: ...
 
+    def send_coalesced(self, data: bytes) -> None: ...
+
     def close(self, code: CloseCode, reason: str) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -140,22 +145,42 @@ def _framed(payload: bytes) -> bytes:
     return _last_frame
 
 
+# A connection that was written to less than this long ago gets its next fan-out frames
+# joined into one write when the interval is up, instead of one write per message; see
+# ``DirectTransport``. Replies (``send``) never wait for it.
+COALESCE_S = 0.02
+
+
 class _Flusher:
-    """Writes every connection's coalesced frames once per loop iteration."""
+    """Runs the writes of every connection with frames queued: in the next loop iteration
+    for those that may write at once, and at a later deadline for those being coalesced."""
+
+    __slots__ = ("_later", "_loop", "_soon")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._dirty: list[DirectTransport] = []
+        self._soon: list[DirectTransport] = []
+        self._later: list[DirectTransport] = []
 
-    def add(self, transport: DirectTransport) -> None:
-        if not self._dirty:
-            self._loop.call_soon(self._flush)
-        self._dirty.append(transport)
+    def soon(self, transport: DirectTransport) -> None:
+        if not self._soon:
+            self._loop.call_soon(self._flush_soon)
+        self._soon.append(transport)
 
-    def _flush(self) -> None:
-        dirty, self._dirty = self._dirty, []
-        for transport in dirty:
-            transport.flush()
+    def later(self, transport: DirectTransport, when: float) -> None:
+        """Flush ``transport`` at loop time ``when``; every transport queued before that
+        pass runs goes with it (they are one fan-out's subscribers, written together)."""
+        if not self._later:
+            self._loop.call_at(when, self._flush_later)
+        self._later.append(transport)
+
+    def _flush_soon(self) -> None:
+        dirty, self._soon = self._soon, []
+        metrics.socket_writes(sum([transport.flush() for transport in dirty]))
+
+    def _flush_later(self) -> None:
+        dirty, self._later = self._later, []
+        metrics.socket_writes(sum([transport.flush() for transport in dirty]))
 
 
 _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
@@ -171,30 +196,54 @@ def _flusher() -> _Flusher:
     return flusher
 
 
+_IDLE, _LATER, _SOON = 0, 1, 2  # DirectTransport._queued
+
+
 class DirectTransport:
     """Writes straight to the socket: no queue of ASGI messages, no writer task.
 
-    Frames sent during one loop iteration are joined into one write at its end. The bound
-    is on the bytes the kernel has not accepted: past ``max_buffer_bytes`` after a write,
-    the connection is closed as a slow consumer (the close frame follows what is already
-    buffered; frames not yet written are dropped) and the other subscribers are unaffected.
+    What a connection is sent is joined into one socket write, because the kernel's
+    ``send()`` per socket is most of what a delivery costs:
+
+    * ``send`` (replies: acks, history, errors) is written in the next loop iteration,
+      together with anything else queued by then;
+    * ``send_coalesced`` (fan-out) is written in the next iteration too if the connection's
+      last write is at least ``COALESCE_S`` old; otherwise it waits until that interval is
+      up, and every message that arrives meanwhile goes in the same write. A quiet
+      connection sees no delay; a busy one gets at most one write per interval, each
+      carrying several messages, for at most ``COALESCE_S`` of added latency.
+
+    The bound is on the bytes the kernel has not accepted: past ``max_buffer_bytes`` after
+    a write, the connection is closed as a slow consumer (the close frame follows what is
+    already buffered; frames not yet written are dropped) and the other subscribers are
+    unaffected.
     """
 
     __slots__ = (
+        "_backed_up",
         "_closed",
         "_closing",
+        "_coalesce",
         "_flusher",
+        "_loop",
         "_max_buffer",
         "_pending",
+        "_queued",
         "_sink",
+        "_written_at",
     )
 
     def __init__(self, sink: FrameSink, max_buffer_bytes: int) -> None:
         self._sink = sink
         self._max_buffer = max_buffer_bytes
         self._pending: list[bytes] = []
+        self._queued = _IDLE
         self._closing: tuple[CloseCode, str] | None = None
         self._flusher = _flusher()
+        self._loop = asyncio.get_running_loop()
+        self._coalesce = COALESCE_S
+        self._written_at = -COALESCE_S  # loop time of the last write
+        self._backed_up = False  # the kernel had not taken all of the last write
         self._closed: asyncio.Event | None = None  # made when someone waits: saves a deque
 
     @property
@@ -212,28 +261,54 @@ class DirectTransport:
     def send(self, data: bytes) -> None:
         if self._closing is not None:
             return
-        if not self._pending:
-            self._flusher.add(self)
         self._pending.append(_framed(data))
+        if self._queued != _SOON:
+            self._queued = _SOON
+            self._flusher.soon(self)
 
-    def flush(self) -> None:
+    def send_coalesced(self, data: bytes) -> None:
+        if self._closing is not None:
+            return
+        global _last_payload, _last_frame
+        if data is not _last_payload:  # _framed(), inline: this runs once per recipient
+            _last_frame = text_frame(data)
+            _last_payload = data
+        self._pending.append(_last_frame)
+        if self._queued == _IDLE:
+            due = self._written_at + self._coalesce
+            if self._loop.time() >= due:
+                self._queued = _SOON
+                self._flusher.soon(self)
+            else:
+                self._queued = _LATER
+                self._flusher.later(self, due)
+
+    def flush(self) -> bool:
+        """Write what is queued; True if a write was made."""
+        self._queued = _IDLE
         pending = self._pending
         if not pending or self._closing is not None:
-            return
-        if self._sink.buffered() > self._max_buffer:
+            return False
+        sink = self._sink
+        if self._backed_up and sink.buffered() > self._max_buffer:
             # Still over the bound from an earlier write: the reader is not keeping up.
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer full")
-            return
+            return False
         self._pending = []
+        self._written_at = self._loop.time()
         data = pending[0] if len(pending) == 1 else b"".join(pending)
-        if not self._sink.write_frames(data):
+        if not sink.write_frames(data):
             self._closing = (CloseCode.GOING_AWAY, "connection lost")
             if self._closed is not None:
                 self._closed.set()
-        elif self._sink.buffered() > self._max_buffer:
+            return False
+        buffered = sink.buffered()
+        self._backed_up = buffered > 0
+        if buffered > self._max_buffer:
             # What the kernel would not take stays in memory: past the bound, close (a
             # healthy reader's burst goes to the kernel's socket buffer instead).
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer full")
+        return True
 
     def close(self, code: CloseCode, reason: str) -> None:
         if self._closing is not None:
