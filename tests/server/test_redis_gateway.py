@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from protocol.codes import CloseCode
+from server.metrics import REGISTRY
 from tests.harness import (
     LiveServer,
+    assert_closed,
     expect_messages,
     live_server,
     make_settings,
     publish,
+    send,
     subscribe,
 )
 from tests.server.broker.rig import drop_namespace, redis_url
@@ -54,3 +58,71 @@ async def test_chat_and_recovery_through_redis_with_an_embedded_worker(
     assert subscribed["recovered"] is True
     missed = await expect_messages(wb2, 3)
     assert [(m["seq"], m["body"]) for m in missed] == [(4, "m3"), (5, "m4"), (6, "m5")]
+
+
+def _counter(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def test_a_burst_reaches_every_subscriber_once_in_order_in_shared_writes(
+    redis_server: LiveServer,
+) -> None:
+    server = redis_server
+    tenant = await server.tenant()
+    users = [await server.user(tenant) for _ in range(7)]
+    await server.channel(tenant, "burst", users[0])
+    writer = await server.session(tenant, users[0])
+    readers = [await server.session(tenant, user) for user in users[1:]]
+    for reader in readers:
+        await subscribe(reader, "burst")
+    writes, deliveries = (
+        _counter("baychat_socket_writes_total"),
+        _counter("baychat_deliveries_total"),
+    )
+
+    count = 300
+    for i in range(count):  # not waiting for acks: they arrive from Redis back to back
+        await send(writer, {"type": "publish", "channel": "burst", "body": f"m{i}"})
+    for reader in readers:
+        got = await expect_messages(reader, count)
+        assert [(m["seq"], m["body"]) for m in got] == [(i + 1, f"m{i}") for i in range(count)]
+    await publish(writer, "burst", "last")
+    for reader in readers:
+        [last] = await expect_messages(reader, 1)  # nothing repeated before it
+        assert last["seq"] == count + 1
+
+    # Fan-out frames that arrive close together share socket writes (the acks and the
+    # `last` round are counted too).
+    delivered = _counter("baychat_deliveries_total") - deliveries
+    assert delivered == (count + 1) * len(readers)
+    assert _counter("baychat_socket_writes_total") - writes < delivered
+
+
+async def test_a_slow_consumer_on_the_redis_broker_is_closed_and_others_get_everything(
+    tmp_path: Path,
+) -> None:
+    url = await redis_url()
+    settings = make_settings(tmp_path, broker_url=url, send_queue_frames=64, max_body_bytes=60_000)
+    try:
+        async with live_server(settings) as server:
+            tenant = await server.tenant()
+            alice, slow, fast = [await server.user(tenant) for _ in range(3)]
+            await server.channel(tenant, "firehose", alice)
+            w_alice = await server.session(tenant, alice)
+            w_fast = await server.session(tenant, fast)
+            w_slow = await server.session(tenant, slow)  # never read until the end
+            await subscribe(w_slow, "firehose")
+            await subscribe(w_fast, "firehose")
+            body = "x" * 50_000
+            count, chunk = 600, 20
+            received: list[dict[str, object]] = []
+            for start in range(0, count, chunk):
+                for i in range(start, start + chunk):
+                    await send(
+                        w_alice, {"type": "publish", "channel": "firehose", "body": f"{i} {body}"}
+                    )
+                received += await expect_messages(w_fast, chunk, timeout=20)
+            assert [m["seq"] for m in received] == list(range(1, count + 1))
+            await assert_closed(w_slow, CloseCode.SLOW_CONSUMER, timeout=20)
+    finally:
+        await drop_namespace(url)

@@ -3,6 +3,7 @@ A subscriber that stops reading is closed as a slow consumer; the others get eve
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from protocol.codes import CloseCode
+from server import transport as transport_module
 from server.metrics import REGISTRY
+from server.transport import DirectTransport
 from server.wsprotocol import SocketProtocol, text_frame
 from tests.harness import (
     LiveServer,
@@ -96,3 +99,86 @@ async def test_chat_works_over_both_transports(small_buffers: LiveServer) -> Non
         await publish(wa, "general", f"m{i}")
     got = await expect_messages(wb, 5)
     assert [m["body"] for m in got] == [f"m{i}" for i in range(5)]
+
+
+class _RecordingSink:
+    """The socket side of ``DirectTransport``, recording each write; ``backlog`` is what
+    the kernel is pretended not to have taken."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.backlog = 0
+        self.closed: tuple[int, str] | None = None
+
+    def write_frames(self, data: bytes) -> bool:
+        if self.closed is not None:
+            return False
+        self.writes.append(data)
+        return True
+
+    def buffered(self) -> int:
+        return self.backlog
+
+    def close_now(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+async def _next_iterations() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_fanout_frames_of_a_busy_connection_share_one_write_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport_module, "COALESCE_S", 0.2)
+    sink = _RecordingSink()
+    transport = DirectTransport(sink, BOUND)
+
+    # A quiet connection's first frame goes out at once.
+    transport.send_coalesced(b"m1")
+    await _next_iterations()
+    assert sink.writes == [text_frame(b"m1")]
+
+    # Within the interval after that write, fan-out frames wait and are joined, in order.
+    transport.send_coalesced(b"m2")
+    transport.send_coalesced(b"m3")
+    await _next_iterations()
+    assert len(sink.writes) == 1
+    await asyncio.sleep(0.3)
+    assert sink.writes[1:] == [text_frame(b"m2") + text_frame(b"m3")]
+
+    # A reply is never held back: it takes what waits with it, still in order.
+    transport.send_coalesced(b"m4")
+    transport.send(b"ack")
+    await _next_iterations()
+    assert sink.writes[2:] == [text_frame(b"m4") + text_frame(b"ack")]
+    await asyncio.sleep(0.3)
+    assert len(sink.writes) == 3  # nothing written twice
+
+
+async def test_a_coalescing_connection_over_its_bound_is_closed_as_slow_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport_module, "COALESCE_S", 0.05)
+    sink, other = _RecordingSink(), _RecordingSink()
+    stalled, healthy = DirectTransport(sink, 1000), DirectTransport(other, 1000)
+    for transport in (stalled, healthy):
+        transport.send_coalesced(b"first")
+    sink.backlog = 500  # the kernel left part of the first write: under the bound
+    await _next_iterations()
+    assert sink.closed is None
+    sink.backlog = 1001  # ... and the reader stopped: past it before the next write
+    for i in range(5):
+        for transport in (stalled, healthy):
+            transport.send_coalesced(b"m%d" % i)
+    await asyncio.sleep(0.15)
+    assert sink.closed == (int(CloseCode.SLOW_CONSUMER), "slow consumer: send buffer full")
+    assert stalled.close_code == CloseCode.SLOW_CONSUMER
+    assert sink.writes == [text_frame(b"first")]  # what waited was dropped, not written
+    assert b"".join(other.writes) == b"".join(
+        text_frame(p) for p in (b"first", b"m0", b"m1", b"m2", b"m3", b"m4")
+    )
+    stalled.send_coalesced(b"late")  # a closed transport takes nothing more
+    await asyncio.sleep(0.1)
+    assert sink.writes == [text_frame(b"first")]
