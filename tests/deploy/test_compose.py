@@ -186,7 +186,10 @@ def test_gateways_and_worker_run_as_cluster_nodes(services: dict[str, dict[str, 
         assert env["BAYCHAT_DATABASE_URL"].startswith("postgresql://baychat_app:"), name
         assert env["BAYCHAT_BROKER_URL"].startswith("redis://"), name
         assert "BAYCHAT_DATABASE_OWNER_URL" not in env, name
-    assert services["worker"]["command"] == ["worker"]
+    assert services["worker"]["command"][0] == "worker"
+    # The worker serves its health on a port of its own, and its healthcheck asks it.
+    assert services["worker"]["command"][1:] == ["--http-host", "0.0.0.0", "--http-port", "9100"]  # noqa: S104
+    assert "127.0.0.1:9100/healthz" in " ".join(services["worker"]["healthcheck"]["test"])
     for name in GATEWAYS:
         assert services[name]["command"][0] == "serve"
         origins = environment(services[name])["BAYCHAT_ALLOWED_ORIGINS"]
