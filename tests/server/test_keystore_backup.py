@@ -12,12 +12,15 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from server.auth.authority import scope_for_operator
 from server.runtime import open_store
 from storage.backupfile import HEADER_SIZE
 from storage.ids import now_ms
 from storage.keybackup import KEYSTORE, take_keystore_backup
 from storage.retention import DAY_MS, prune
+from tests.backends import PostgresDatabase, migrated_postgres
 from tests.harness import (
     PASSWORD,
     expect,
@@ -139,11 +142,11 @@ async def test_refused_files_and_targets_write_nothing(tmp_path: Path) -> None:
     assert [p.name for p in occupied.iterdir()] == ["notes.txt"]
 
 
-def baychat_env(data: Path, env: dict[str, str], *args: str) -> Any:
+def baychat_env(data: Path, env: dict[str, str], *args: str, stdin: str = "") -> Any:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        return baychat(data, *args)
+        return baychat(data, *args, stdin=stdin)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -302,3 +305,61 @@ async def test_a_deleted_tenant_stays_shredded_across_both_restores(tmp_path: Pa
     )
     assert [p.name for p in result.deleted] == [Path(ks_backup).name]
     assert [p.name for p in result.kept] == [Path(ks_after).name]
+
+
+def baychat_on(data: Path, db: PostgresDatabase, *args: str, stdin: str = "") -> Any:
+    env = {"BAYCHAT_DATABASE_URL": db.app_url, "BAYCHAT_DATABASE_OWNER_URL": db.owner_url}
+    return baychat_env(data, env, *args, stdin=stdin)
+
+
+@pytest.mark.postgres
+async def test_restore_reads_deletions_from_postgres_and_audits_there(tmp_path: Path) -> None:
+    """The key store and its ledger are both lost; only Postgres remembers the deletion."""
+    data = tmp_path / "data"
+    async with migrated_postgres() as db:
+        kept = ok(baychat_on(data, db, "tenant", "create", "kept"))["id"]
+        gone = ok(baychat_on(data, db, "tenant", "create", "gone"))["id"]
+        ok(
+            baychat_on(
+                data, db, "user", "create", "gone", "o@example.com", "--role", "owner",
+                "--password-stdin", stdin=f"{PASSWORD}\n",
+            )
+        )  # fmt: skip
+        backup = ok(baychat(data, "keys", "backup"))["file"]  # needs no database
+        ok(
+            baychat_on(
+                data, db, "tenant", "delete", "gone", "--confirm", "gone", "--owner-stdin",
+                stdin=f"o@example.com\n{PASSWORD}\n",
+            )
+        )  # fmt: skip
+        shutil.rmtree(data / "keys")
+
+        done = ok(baychat_on(data, db, "keys", "restore", backup))
+        assert done["database"] == "read"
+        assert done["skipped_deleted_tenants"] == [gone]
+        assert done["restored_tenants"] == 1
+        assert done["audit"] == {"tenants": 1}
+        assert {p.name for p in (data / "keys").iterdir()} == {"erasures.jsonl", f"{kept}.key"}
+        chains = [json.loads(line) for line in ok_lines(baychat_on(data, db, "audit", "verify"))]
+        verified = {c["tenant"]: c["ok"] for c in chains}
+        assert verified == {"kept": True, f"deleted-{gone}": True}
+
+
+def ok_lines(done: Any) -> list[str]:
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stdout.splitlines() if line.strip()]
+
+
+async def test_an_unreachable_database_stops_the_restore_unless_told(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    await seed(data, 1)
+    backup = ok(baychat(data, "keys", "backup"))["file"]
+    target = tmp_path / "target"
+    nowhere = {"BAYCHAT_DATABASE_OWNER_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    done = baychat_env(data, nowhere, "keys", "restore", backup, "--into", str(target))
+    refused(done, "cannot read the database to check for deleted tenants", "--no-database")
+    assert not target.exists()
+    args = ("keys", "restore", backup, "--into", str(target), "--no-database")
+    restored = ok(baychat_env(data, nowhere, *args))
+    assert restored["database"] == "skipped"
+    assert restored["restored_tenants"] == 1
