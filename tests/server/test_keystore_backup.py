@@ -363,3 +363,27 @@ async def test_an_unreachable_database_stops_the_restore_unless_told(tmp_path: P
     restored = ok(baychat_env(data, nowhere, *args))
     assert restored["database"] == "skipped"
     assert restored["restored_tenants"] == 1
+
+
+async def test_full_recovery_restores_the_key_store_first_then_the_database(
+    tmp_path: Path,
+) -> None:
+    """Both the database and the key store are lost: the documented order works."""
+    data = tmp_path / "data"
+    _, tenant_id = await seed(data, 5)
+    db_backup = ok(baychat(data, "backup"))["file"]
+    ks_backup = ok(baychat(data, "keys", "backup"))["file"]
+    for leftover in data.glob("baychat.db*"):
+        leftover.unlink()
+    shutil.rmtree(data / "keys")
+
+    keys = ok(baychat(data, "keys", "restore", ks_backup))
+    assert keys["database"] == "none yet"  # nothing to read, nothing audited, nothing migrated
+    assert keys["audit"]["tenants"] == 0
+    report = ok(baychat(data, "restore", db_backup))
+    assert report["ok"] is True
+    assert report["shredded_tenants"] == {}
+    assert report["messages_decrypted"] == 5
+    assert await readable_bodies(data, tenant_id) == [
+        f"message {i} from someone" for i in range(1, 6)
+    ]
