@@ -262,7 +262,10 @@ def demo(slug: str) -> None:
 def _register_operations() -> None:
     from server.cli_data import backup, restore, tenant_delete
     from server.cli_keys import keys
+    from server.cli_keystore import keys_backup, keys_restore
 
+    keys.add_command(keys_backup)
+    keys.add_command(keys_restore)
     main.add_command(keys)
     main.add_command(backup)
     main.add_command(restore)

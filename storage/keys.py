@@ -209,17 +209,26 @@ class MasterKeyring:
         return cls.from_json(path.read_bytes())
 
 
+SECRET_SUFFIX = ".key"  # noqa: S105 - a file name suffix
+SECRET_BYTES = 32
+
+
+def is_tenant_id(tenant_id: str) -> bool:
+    """What a key-store file name may hold: letters, digits and dashes, nothing else."""
+    return bool(tenant_id) and all(c.isalnum() or c == "-" for c in tenant_id)
+
+
 class TenantKeyStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
     def _path(self, tenant_id: str) -> Path:
-        if not tenant_id or not all(c.isalnum() or c == "-" for c in tenant_id):
+        if not is_tenant_id(tenant_id):
             raise ValueError("malformed tenant id")
-        return self.directory / f"{tenant_id}.key"
+        return self.directory / f"{tenant_id}{SECRET_SUFFIX}"
 
     def create(self, tenant_id: str) -> None:
-        write_secret_file(self._path(tenant_id), secrets.token_bytes(32))
+        write_secret_file(self._path(tenant_id), secrets.token_bytes(SECRET_BYTES))
 
     def secret(self, tenant_id: str) -> bytes:
         try:
