@@ -102,15 +102,7 @@ def keys_backup_prune(keep_days: int | None, directory: Path | None, dry_run: bo
             family=KEYSTORE,
         )
     )
-    emit(
-        {
-            "keep_days": days,
-            "dry_run": dry_run,
-            "deleted": [p.name for p in result.deleted],
-            "kept": [p.name for p in result.kept],
-            "ignored": [p.name for p in result.ignored],
-        }
-    )
+    emit(result.report(days, dry_run))
 
 
 @keys_backup.command("verify")

@@ -38,6 +38,7 @@ from storage.backupfile import (
     SealedWriter,
     open_sealed,
 )
+from storage.durable import fsync_path
 from storage.ids import now_ms
 from storage.snapshot import SnapshotFacts, Snapshotter
 
@@ -174,16 +175,8 @@ def write_sealed(
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
-    _fsync_dir(out_dir)
+    fsync_path(out_dir)
     return final
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Stream:

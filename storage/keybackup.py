@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 
 from storage.backup import FileFamily, read_sealed, write_sealed
 from storage.backupfile import BackupError, DamagedBackupError
+from storage.durable import fsync_path
 from storage.ids import now_ms
 from storage.keys import SECRET_BYTES, SECRET_SUFFIX, is_tenant_id, write_secret_file
 
@@ -353,11 +353,7 @@ def write_keystore(into: Path, plan: RestorePlan) -> None:
             if not write_secret_file(path, data):
                 raise KeyStoreNotEmptyError(f"{path} appeared while the key store was restored")
             written.append(path)
-        fd = os.open(into, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(into)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.errors import BayChatError
+from storage.durable import fsync_path
 
 
 class KeyUnavailableError(BayChatError):
@@ -65,15 +66,7 @@ def replace_secret_file(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
 
 
 @contextlib.contextmanager
@@ -245,4 +238,4 @@ class TenantKeyStore:
         path = self._path(tenant_id)
         path.unlink(missing_ok=True)
         if path.parent.exists():
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)

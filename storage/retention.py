@@ -27,6 +27,16 @@ class PruneResult:
     kept: list[Path] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)  # not BayChat backups of the family
 
+    def report(self, keep_days: int, dry_run: bool) -> dict[str, object]:
+        """What a prune command prints: the rule, and the file names in each outcome."""
+        return {
+            "keep_days": keep_days,
+            "dry_run": dry_run,
+            "deleted": [p.name for p in self.deleted],
+            "kept": [p.name for p in self.kept],
+            "ignored": [p.name for p in self.ignored],
+        }
+
 
 def _created_at(path: Path, family: FileFamily) -> int | None:
     if path.is_symlink() or not path.is_file() or not family.named(path.name):
