@@ -18,7 +18,7 @@ import email.utils
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -138,18 +138,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         data = message.get("bytes")
         return bytes(data) if data is not None else b""
 
-    await run_session(runtime, receive, bearer, transport, ip)
+    await run_session(ClientSession(runtime, receive, bearer, transport), ip)
 
 
-async def run_session(
-    runtime: Runtime,
-    receive: Receiver,
-    bearer: str | None,
-    transport: SessionTransport,
-    ip: str,
-) -> None:
-    """An accepted socket's life: the connect rate limit, then the session, then teardown."""
-    session = ClientSession(runtime, receive, bearer, transport)
+async def run_session(session: ClientSession, ip: str) -> None:
+    """An accepted socket's life: the connect rate limit, then the session, then teardown.
+    (Whatever this frame holds, an idle connection holds: the session and the address.)"""
+    runtime = session.runtime
     started = time.monotonic()
     try:
         try:
@@ -165,7 +160,9 @@ async def run_session(
             "websocket closed",
             extra={
                 "event": "ws.close",
-                "close_code": int(transport.close_code) if transport.close_code else None,
+                "close_code": (
+                    int(session.transport.close_code) if session.transport.close_code else None
+                ),
                 "duration_s": round(time.monotonic() - started, 3),
             },
         )
@@ -199,7 +196,9 @@ class DirectGateway:
     def serving(self) -> bool:
         return getattr(self._state, "runtime", None) is not None
 
-    async def serve(self, socket: SocketProtocol, request: Request) -> None:
+    def accept(self, socket: SocketProtocol, request: Request) -> Coroutine[Any, Any, None] | None:
+        """Decide on a handshake, at once: answer a refusal (None), or send the 101 and
+        return the session to run. Runs in the connection's own context (log fields)."""
         runtime: Runtime = self._state.runtime
         headers = request.headers
         sock = socket.transport
@@ -218,23 +217,22 @@ class DirectGateway:
         response = socket.conn.accept(request)
         if response.status_code != 101:
             socket.respond(response)  # not a valid upgrade: websockets' 400 says why
-            return
+            return None
         origin = _header(headers, "Origin")
-        authorization = _header(headers, "Authorization")
-        bearer = _bearer(authorization or "")
+        bearer = _bearer(_header(headers, "Authorization") or "")
         refusal = _handshake_refusal(self.origins, origin, bearer is not None)
         if refusal is not None:
             exc, why = refusal
             _log_refusal(why)
-            socket.respond(self._denial(exc, rid, peer.secure, authorization is not None))
-            return
+            socket.respond(self._denial(exc, rid, peer.secure))
+            return None
         _log_connect(peer.ip, origin is not None)
         if not socket.respond(response):
-            return
+            return None
         transport = DirectTransport(socket, runtime.settings.send_buffer_bytes)
-        await run_session(runtime, socket.receive, bearer, transport, peer.ip)
+        return run_session(ClientSession(runtime, socket.receive, bearer, transport), peer.ip)
 
-    def _denial(self, exc: BayChatError, rid: str, secure: bool, authenticated: bool) -> Response:
+    def _denial(self, exc: BayChatError, rid: str, secure: bool) -> Response:
         """The HTTP error response of a refused handshake, with the headers
         ``server.middleware.Boundary`` puts on every response."""
         answer = error_response(exc, rid)
@@ -269,7 +267,6 @@ class ClientSession:
         "_receive",
         "_recheck",
         "_strikes",
-        "_warning",
         "conn",
         "runtime",
         "settings",
@@ -289,8 +286,7 @@ class ClientSession:
         self._bearer = bearer
         self.transport = transport
         self.conn: Connection | None = None
-        self._expiry: asyncio.TimerHandle | None = None
-        self._warning: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None  # the expiry warning, then the expiry
         self._recheck: asyncio.Task[None] | None = None
         self._last_typing: dict[str, float] | None = None  # made on the first typing frame
         self._strikes = 0  # rate-limited frames in a row
@@ -418,9 +414,8 @@ class ClientSession:
                 )
 
     async def teardown(self) -> None:
-        for handle in (self._expiry, self._warning):
-            if handle is not None:
-                handle.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._recheck is not None:
             self._recheck.cancel()
         conn = self.conn
@@ -480,20 +475,25 @@ class ClientSession:
             self._close(close_code, exc.message)
 
     def _schedule_expiry(self, expires_at: int) -> None:
-        loop = asyncio.get_running_loop()
-        for handle in (self._expiry, self._warning):
-            if handle is not None:
-                handle.cancel()
-        self._expiry = self._warning = None
+        """One timer per connection: it sends the ``expiring`` warning, then re-arms itself
+        to close the connection when the token expires."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if expires_at >= NEVER:
             return
-        remaining = expires_at - time.time()
-        self._expiry = loop.call_later(
-            max(remaining, 0), self._close, CloseCode.TOKEN_EXPIRED, "access token expired"
+        warn_in = expires_at - time.time() - EXPIRY_WARNING_S
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(warn_in, 0), self._expiring, expires_at
         )
-        warn_in = remaining - EXPIRY_WARNING_S
-        self._warning = loop.call_later(
-            max(warn_in, 0), self._send, f.Expiring(expires_at=expires_at)
+
+    def _expiring(self, expires_at: int) -> None:
+        self._send(f.Expiring(expires_at=expires_at))
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(expires_at - time.time(), 0),
+            self._close,
+            CloseCode.TOKEN_EXPIRED,
+            "access token expired",
         )
 
     async def _recheck_principal(self) -> None:

@@ -18,6 +18,7 @@ falls back to plain ASGI sends.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import struct
@@ -31,7 +32,7 @@ from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import CONNECTING
+from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
 EXTENSION = "baychat.socket"
@@ -172,8 +173,8 @@ class DirectHandler(Protocol):
         """True once the runtime has started (and until it stops)."""
         ...
 
-    def serve(self, socket: SocketProtocol, request: Request) -> Coroutine[Any, Any, None]:
-        """The connection's life, from the handshake decision to its teardown."""
+    def accept(self, socket: SocketProtocol, request: Request) -> Coroutine[Any, Any, None] | None:
+        """Answer the handshake now: a refusal (None), or the 101 and the session to run."""
         ...
 
 
@@ -260,7 +261,7 @@ class SocketProtocol(asyncio.Protocol):
         self._raw: list[bytes] | None = []  # the request's bytes, until it is routed
         self._inbox: list[str | bytes | None] = []
         self._waiter: asyncio.Future[None] | None = None
-        self._frames: list[bytes] = []
+        self._frames: list[bytes] | None = None  # a fragmented message so far
         self._text = False
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
@@ -346,10 +347,19 @@ class SocketProtocol(asyncio.Protocol):
             self._hand_over()
             return
         self._raw = None
-        task = self.loop.create_task(handler.serve(self, request))
+        # The connection's own context, as a task would have: its log fields stay its own.
+        context = contextvars.copy_context()
+        try:
+            session = context.run(handler.accept, self, request)
+        except Exception:
+            _log.exception("WebSocket handshake failed", extra={"event": "ws.error"})
+            self.respond(self.conn.reject(500, "Internal Server Error"))
+            return
+        if session is None:
+            return  # refused, and answered
+        task = self.loop.create_task(session, context=context)
         self.task = task
-        tasks = self._server_state.tasks
-        tasks.add(task)
+        self._server_state.tasks.add(task)
         task.add_done_callback(self._on_task_done)
 
     def _hand_over(self) -> None:
@@ -374,6 +384,12 @@ class SocketProtocol(asyncio.Protocol):
                 return False
             self.conn.send_response(response)
             self._flush_conn()
+            # From here on only frames arrive (uvicorn hands over the request alone). A new
+            # sans-I/O protocol in the OPEN state reads them: the handshake's one keeps the
+            # parsed request (headers, token) alive in its parser for the connection's life.
+            self.conn = ServerProtocol(
+                state=OPEN, max_size=self.config.ws_max_size, logger=_ws_logger
+            )
             self._start_keepalive()
             return True
         self.close_sent = True
@@ -402,10 +418,10 @@ class SocketProtocol(asyncio.Protocol):
                 self._message(frame.data)
             else:
                 self._frames = [bytes(frame.data)]
-        elif opcode is Opcode.CONT:
+        elif opcode is Opcode.CONT and self._frames is not None:
             self._frames.append(bytes(frame.data))
             if frame.fin:
-                data, self._frames = b"".join(self._frames), []
+                data, self._frames = b"".join(self._frames), None
                 self._message(data)
         elif opcode is Opcode.PING:
             self._flush_conn()  # websockets queued the pong
