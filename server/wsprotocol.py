@@ -222,6 +222,7 @@ class SocketProtocol(asyncio.Protocol):
         "_frames",
         "_handler",
         "_inbox",
+        "_other",
         "_ping_payload",
         "_ping_timer",
         "_pong_timer",
@@ -258,6 +259,7 @@ class SocketProtocol(asyncio.Protocol):
         self.conn = ServerProtocol(max_size=config.ws_max_size, logger=_ws_logger)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._handler = _handler_of(config)
+        self._other: AsgiSocketProtocol | None = None  # the protocol a handed-over one runs
         self._raw: list[bytes] | None = []  # the request's bytes, until it is routed
         self._inbox: list[str | bytes | None] = []
         self._waiter: asyncio.Future[None] | None = None
@@ -280,6 +282,9 @@ class SocketProtocol(asyncio.Protocol):
         self._server_state.connections.add(self)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._other is not None:
+            self._other.connection_lost(exc)
+            return
         self._stop_keepalive()
         if self._close_timer is not None:
             self._close_timer.cancel()
@@ -292,9 +297,21 @@ class SocketProtocol(asyncio.Protocol):
             self.transport.close()
 
     def eof_received(self) -> None:
-        pass
+        if self._other is not None:
+            self._other.eof_received()
+
+    def pause_writing(self) -> None:
+        if self._other is not None:
+            self._other.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._other is not None:
+            self._other.resume_writing()
 
     def data_received(self, data: bytes) -> None:
+        if self._other is not None:
+            self._other.data_received(data)
+            return
         raw = self._raw
         if raw is not None:
             raw.append(data)
@@ -308,7 +325,7 @@ class SocketProtocol(asyncio.Protocol):
                 self._on_frame(event)
             elif isinstance(event, Request):
                 self._on_request(event)
-                if self._raw is not None:  # handed over: that protocol has the bytes now
+                if self._other is not None:  # handed over: that protocol has the bytes now
                     return
         if conn.handshake_exc is not None and not self.handshake_complete:
             # Not a request websockets can read (a header line or too many headers past
@@ -320,6 +337,9 @@ class SocketProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """uvicorn is stopping: close with 1012 (service restart), or answer 500 if the
         handshake is still undecided."""
+        if self._other is not None:
+            self._other.shutdown()
+            return
         self._stop_keepalive()
         if self.close_sent:
             self.transport.close()
@@ -363,14 +383,18 @@ class SocketProtocol(asyncio.Protocol):
         task.add_done_callback(self._on_task_done)
 
     def _hand_over(self) -> None:
-        """Not ours: uvicorn's ASGI WebSocket protocol takes the connection as it came."""
+        """Not ours: uvicorn's ASGI WebSocket protocol takes the connection as it came.
+        Everything the transport reports from now on is passed on to it (uvicorn makes this
+        object the transport's protocol after this first ``data_received`` returns, so
+        ``set_protocol`` here would be undone)."""
         raw = b"".join(self._raw or ())
+        self._raw = None
         other = AsgiSocketProtocol(
             config=self.config, server_state=self._server_state, app_state=self._app_state
         )
+        self._other = other
         self._server_state.connections.discard(self)
         other.connection_made(self.transport)
-        self.transport.set_protocol(other)
         other.data_received(raw)
 
     def respond(self, response: Response) -> bool:
