@@ -1,18 +1,19 @@
-"""The WebSocket protocol uvicorn runs for ``/ws``: its sans-I/O websockets protocol, plus a
-direct path for outgoing data frames.
+"""The WebSocket protocol uvicorn runs (its ``ws=`` class): ``/ws`` served without ASGI, and
+a direct path for outgoing data frames.
 
-Why: through ASGI every outgoing frame is one ``websocket.send`` message awaited by a writer
-task per connection, and is framed again for each socket. Profiling the fan-out showed most
-of the server's CPU per delivery in that machinery, not in the kernel's send. Server frames
-are unmasked, so one message framed once is the same bytes for every subscriber: this
-protocol lets the gateway write those bytes to the socket's asyncio transport without an
-await, a task or a copy per recipient (``server.transport.DirectTransport``).
-
-Everything else (handshake, reading frames, pings, the closing handshake) is uvicorn's
-``WebSocketsSansIOProtocol`` unchanged; the ASGI app is still what accepts the connection
-and receives frames. The direct path is offered to the app as the scope extension
-``baychat.socket``; an app served by another WebSocket implementation does not find it and
-falls back to plain ASGI sends.
+* ``SocketProtocol`` takes every upgrade uvicorn's HTTP protocol hands over. ``/ws`` it
+  serves itself: the handshake with the ``websockets`` library's sans-I/O
+  ``ServerProtocol``, the decision by ``server.gateway.DirectGateway``, then the session
+  reading messages from this object (``receive``) and writing through
+  ``server.transport.DirectTransport``. Any other upgrade goes, with its bytes, to
+  ``AsgiSocketProtocol`` and the ASGI app, as before. Why: docs/BENCHMARKS.md ("What
+  changed on the hot path", items 1 and 5).
+* ``AsgiSocketProtocol``: uvicorn's sans-I/O protocol with the direct frame sink offered to
+  the app as the scope extension ``baychat.socket``. Through ASGI every outgoing frame would
+  be one ``websocket.send`` message awaited by a writer task per connection, framed again
+  for each socket; server frames are unmasked, so one message framed once is the same bytes
+  for every subscriber. An app served by another WebSocket implementation finds no sink and
+  falls back to plain ASGI sends (``AsgiTransport``).
 """
 
 from __future__ import annotations
