@@ -23,7 +23,7 @@ from server.api.routes import OPERATIONS, build_routes
 from server.auth import redaction
 from server.config import Settings
 from server.fastpath import FastPaths
-from server.gateway import websocket_endpoint
+from server.gateway import DirectGateway, websocket_endpoint
 from server.middleware import Boundary
 from server.origins import OriginPolicy
 from server.runtime import Runtime
@@ -99,4 +99,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.openapi = openapi_document(OPERATIONS, version=_version())
     app.state.origin_policy = OriginPolicy(settings.allowed_origins)
+    # /ws as `baychat serve` runs it: server.wsprotocol.SocketProtocol finds this and serves
+    # the socket without ASGI (under any other server, /ws is the ASGI endpoint above).
+    app.state.ws_gateway = DirectGateway(app.state, settings, app.state.origin_policy)
     return app

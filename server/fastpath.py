@@ -1,5 +1,8 @@
 """``/ws`` and ``/metrics``, handed straight to their handlers (pure ASGI).
 
+(``baychat serve`` answers ``/ws`` before ASGI, in ``server.wsprotocol.SocketProtocol``;
+this is the ``/ws`` of the app under any other server, and of percent-encoded spellings.)
+
 Mounted just inside the boundary middleware (client address, request id, security headers
 and access log still apply), this skips CORS, the exception middleware and the router for
 the two paths that do not need them: a WebSocket's coroutine chain stays alive as long as

@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import logging
 import time
-from typing import TYPE_CHECKING
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from protocol import frames as f
 from protocol.codec import decode_client_frame, encode, field_of
@@ -33,15 +39,22 @@ from protocol.errors import (
 from server import metrics
 from server.api.http import bearer_token, client_ip, error_response, request_id
 from server.auth.principal import NEVER, Principal
+from server.config import Settings
 from server.connection import Connection, Subscription
 from server.logs import bind
+from server.middleware import REQUEST_ID, SECURITY_HEADERS
 from server.origins import OriginPolicy
+from server.proxies import TrustedProxies
 from server.transport import AsgiTransport, DirectTransport, SessionTransport
 from server.wsprotocol import EXTENSION
 from storage.models import Channel, Message
 
 if TYPE_CHECKING:
     from server.runtime import Runtime
+    from server.wsprotocol import SocketProtocol
+
+# The next message from the peer (text or bytes), or None once it is gone or closing.
+Receiver = Callable[[], Awaitable[str | bytes | None]]
 
 _log = logging.getLogger("baychat.gateway")
 EXPIRY_WARNING_S = 60
@@ -62,33 +75,47 @@ def _message_frame(message: Message) -> f.MessageOut:
     )
 
 
-async def _deny(websocket: WebSocket, exc: BayChatError, why: str) -> None:
-    """Refuse the handshake with an HTTP error response (the socket is never accepted)."""
-    _log.info("handshake refused", extra={"event": "ws.denied", "reason": why})
-    await websocket.send_denial_response(error_response(exc, request_id(websocket)))
-
-
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    runtime: Runtime = websocket.app.state.runtime
-    origins: OriginPolicy = websocket.app.state.origin_policy
-    origin = websocket.headers.get("origin")
-    has_bearer = bearer_token(websocket) is not None
+def _handshake_refusal(
+    origins: OriginPolicy, origin: str | None, has_bearer: bool
+) -> tuple[BayChatError, str] | None:
+    """Why a handshake is refused before it is accepted, or None: an ``Origin`` must be on
+    the allowlist, and a client without one must bring a bearer token."""
     if origin is not None and not origins.allows(origin):
-        await _deny(websocket, ForbiddenError("origin not allowed"), "origin")
-        return
+        return ForbiddenError("origin not allowed"), "origin"
     if origin is None and not has_bearer:
         # Not a browser (browsers always send Origin): it must authenticate up front.
-        await _deny(
-            websocket,
+        return (
             AuthError("clients that send no Origin must send an Authorization bearer token"),
             "no origin, no bearer",
         )
+    return None
+
+
+def _log_refusal(why: str) -> None:
+    _log.info("handshake refused", extra={"event": "ws.denied", "reason": why})
+
+
+def _log_connect(ip: str, browser: bool) -> None:
+    _log.info(
+        "websocket connect", extra={"event": "ws.connect", "client_ip": ip, "browser": browser}
+    )
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    """``/ws`` through ASGI: the fallback when the app is served by anything but
+    ``server.wsprotocol.SocketProtocol`` (which runs ``DirectGateway`` instead)."""
+    runtime: Runtime = websocket.app.state.runtime
+    origins: OriginPolicy = websocket.app.state.origin_policy
+    origin = websocket.headers.get("origin")
+    bearer = bearer_token(websocket)
+    refusal = _handshake_refusal(origins, origin, bearer is not None)
+    if refusal is not None:
+        exc, why = refusal
+        _log_refusal(why)
+        await websocket.send_denial_response(error_response(exc, request_id(websocket)))
         return
     ip = client_ip(websocket)
-    _log.info(
-        "websocket connect",
-        extra={"event": "ws.connect", "client_ip": ip, "browser": origin is not None},
-    )
+    _log_connect(ip, origin is not None)
     await websocket.accept()
     settings = runtime.settings
     sink = websocket.scope.get("extensions", {}).get(EXTENSION)
@@ -97,7 +124,27 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         transport = DirectTransport(sink, settings.send_buffer_bytes)
     else:
         transport = AsgiTransport(websocket, settings.send_queue_frames)
-    session = ClientSession(runtime, websocket, transport)
+
+    async def receive() -> str | bytes | None:
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        data = message.get("bytes")
+        return bytes(data) if data is not None else b""
+
+    await run_session(ClientSession(runtime, receive, bearer, transport), ip)
+
+
+async def run_session(session: ClientSession, ip: str) -> None:
+    """An accepted socket's life: the connect rate limit, then the session, then teardown.
+    (Whatever this frame holds, an idle connection holds: the session and the address.)"""
+    runtime = session.runtime
     started = time.monotonic()
     try:
         try:
@@ -113,24 +160,137 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             "websocket closed",
             extra={
                 "event": "ws.close",
-                "close_code": int(transport.close_code) if transport.close_code else None,
+                "close_code": (
+                    int(session.transport.close_code) if session.transport.close_code else None
+                ),
                 "duration_s": round(time.monotonic() - started, 3),
             },
         )
 
 
+def _header(headers: Headers, name: str) -> str | None:
+    """The first value of a header, like starlette's ``Headers.get``."""
+    values = headers.get_all(name)
+    return values[0] if values else None
+
+
+class DirectGateway:
+    """``/ws`` without ASGI, for ``server.wsprotocol.SocketProtocol`` (``app.state.ws_gateway``).
+
+    Everything the ASGI path (``server.middleware.Boundary`` + ``websocket_endpoint``)
+    does for a handshake, in the same order: the client address behind trusted proxies and
+    a request id (logged with every line of the connection); websockets' own validation of
+    the upgrade (its 4xx for a bad one); the Origin allowlist and the bearer rule, refused
+    with the same HTTP error response and security headers; then the accept (101), the
+    connect rate limit and the session.
+    """
+
+    path = "/ws"
+
+    def __init__(self, state: Any, settings: Settings, origins: OriginPolicy) -> None:
+        self._state = state  # the app's state: the runtime appears there at start-up
+        self.origins = origins
+        self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.hsts = f"max-age={settings.hsts_max_age_s}; includeSubDomains"
+
+    def serving(self) -> bool:
+        return getattr(self._state, "runtime", None) is not None
+
+    def accept(self, socket: SocketProtocol, request: Request) -> Coroutine[Any, Any, None] | None:
+        """Decide on a handshake, at once: answer a refusal (None), or send the 101 and
+        return the session to run. Runs in the connection's own context (log fields)."""
+        runtime: Runtime = self._state.runtime
+        headers = request.headers
+        sock = socket.transport
+        peername = sock.get_extra_info("peername")
+        client = peername[0] if isinstance(peername, tuple) and peername else ""
+        secure = sock.get_extra_info("sslcontext") is not None
+        peer = self.proxies.resolve(
+            client,
+            "wss" if secure else "ws",
+            _header(headers, "X-Forwarded-For") or "",
+            _header(headers, "X-Forwarded-Proto") or "",
+        )
+        incoming = _header(headers, "X-Request-ID") or ""
+        rid = incoming if peer.via_proxy and REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        bind(request_id=rid, conn_id=None, tenant_id=None)
+        response = socket.conn.accept(request)
+        if response.status_code != 101:
+            socket.respond(response)  # not a valid upgrade: websockets' 400 says why
+            return None
+        origin = _header(headers, "Origin")
+        bearer = _bearer(_header(headers, "Authorization") or "")
+        refusal = _handshake_refusal(self.origins, origin, bearer is not None)
+        if refusal is not None:
+            exc, why = refusal
+            _log_refusal(why)
+            socket.respond(self._denial(exc, rid, peer.secure))
+            return None
+        _log_connect(peer.ip, origin is not None)
+        if not socket.respond(response):
+            return None
+        transport = DirectTransport(socket, runtime.settings.send_buffer_bytes)
+        return run_session(ClientSession(runtime, socket.receive, bearer, transport), peer.ip)
+
+    def _denial(self, exc: BayChatError, rid: str, secure: bool) -> Response:
+        """The HTTP error response of a refused handshake, with the headers
+        ``server.middleware.Boundary`` puts on every response."""
+        answer = error_response(exc, rid)
+        out = Headers()
+        for raw_name, raw_value in answer.raw_headers:
+            out[raw_name.decode("latin-1")] = raw_value.decode("latin-1")
+        for name, value in SECURITY_HEADERS.items():
+            out[name] = value
+        out["X-Request-ID"] = rid
+        if secure:
+            out["Strict-Transport-Security"] = self.hsts
+        out["Cache-Control"] = "no-store"
+        out["Date"] = email.utils.formatdate(usegmt=True)
+        out["Connection"] = "close"
+        status = answer.status_code
+        return Response(status, HTTPStatus(status).phrase, out, bytes(answer.body))
+
+
+def _bearer(authorization: str) -> str | None:
+    """The bearer token of an Authorization header value (as ``bearer_token``)."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 class ClientSession:
-    def __init__(self, runtime: Runtime, websocket: WebSocket, transport: SessionTransport) -> None:
+    __slots__ = (
+        "_auth_request_id",
+        "_bearer",
+        "_expiry",
+        "_last_typing",
+        "_receive",
+        "_recheck",
+        "_strikes",
+        "conn",
+        "runtime",
+        "settings",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        receive: Receiver,
+        bearer: str | None,
+        transport: SessionTransport,
+    ) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
-        self.websocket = websocket
+        self._receive = receive
+        self._bearer = bearer
         self.transport = transport
         self.conn: Connection | None = None
-        self._expiry: asyncio.TimerHandle | None = None
-        self._warning: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None  # the expiry warning, then the expiry
         self._recheck: asyncio.Task[None] | None = None
-        self._last_typing: dict[str, float] = {}
+        self._last_typing: dict[str, float] | None = None  # made on the first typing frame
         self._strikes = 0  # rate-limited frames in a row
+        self._auth_request_id: f.RequestId | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -169,11 +329,10 @@ class ClientSession:
         )
         await self._serve()
 
-    _auth_request_id: f.RequestId | None = None
-
     async def _authenticate(self) -> Principal | None:
         auth = self.runtime.auth
-        token = bearer_token(self.websocket)
+        token = self._bearer
+        self._bearer = None  # not kept for the life of the connection
         if token is None:
             try:
                 # asyncio.timeout, not wait_for: no extra task per connection.
@@ -212,19 +371,6 @@ class ClientSession:
             extra={"event": "auth.ws", "principal_id": principal.id, "kind": principal.kind},
         )
         return principal
-
-    async def _receive(self) -> str | bytes | None:
-        try:
-            message = await self.websocket.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            return None
-        if message["type"] == "websocket.disconnect":
-            return None
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        data = message.get("bytes")
-        return bytes(data) if data is not None else b""
 
     async def _serve(self) -> None:
         while True:
@@ -268,9 +414,8 @@ class ClientSession:
                 )
 
     async def teardown(self) -> None:
-        for handle in (self._expiry, self._warning):
-            if handle is not None:
-                handle.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._recheck is not None:
             self._recheck.cancel()
         conn = self.conn
@@ -330,20 +475,25 @@ class ClientSession:
             self._close(close_code, exc.message)
 
     def _schedule_expiry(self, expires_at: int) -> None:
-        loop = asyncio.get_running_loop()
-        for handle in (self._expiry, self._warning):
-            if handle is not None:
-                handle.cancel()
-        self._expiry = self._warning = None
+        """One timer per connection: it sends the ``expiring`` warning, then re-arms itself
+        to close the connection when the token expires."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if expires_at >= NEVER:
             return
-        remaining = expires_at - time.time()
-        self._expiry = loop.call_later(
-            max(remaining, 0), self._close, CloseCode.TOKEN_EXPIRED, "access token expired"
+        warn_in = expires_at - time.time() - EXPIRY_WARNING_S
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(warn_in, 0), self._expiring, expires_at
         )
-        warn_in = remaining - EXPIRY_WARNING_S
-        self._warning = loop.call_later(
-            max(warn_in, 0), self._send, f.Expiring(expires_at=expires_at)
+
+    def _expiring(self, expires_at: int) -> None:
+        self._send(f.Expiring(expires_at=expires_at))
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(expires_at - time.time(), 0),
+            self._close,
+            CloseCode.TOKEN_EXPIRED,
+            "access token expired",
         )
 
     async def _recheck_principal(self) -> None:
@@ -525,10 +675,13 @@ class ClientSession:
         conn = self.conn
         assert conn is not None
         now = time.monotonic()
-        if now - self._last_typing.get(frame.channel, 0.0) < TYPING_INTERVAL_S:
+        last_typing = self._last_typing
+        if last_typing is None:
+            last_typing = self._last_typing = {}
+        if now - last_typing.get(frame.channel, 0.0) < TYPING_INTERVAL_S:
             return  # typing is advisory: extra notices inside the interval are dropped
         channel = await self._channel(frame.channel, "presence")
-        self._last_typing[frame.channel] = now
+        last_typing[frame.channel] = now
         data = encode(f.TypingOut(channel=channel.name, user=conn.principal.id))
         await self.runtime.broker.publish_ephemeral(
             conn.principal.tenant_id, channel.id, data, conn.id

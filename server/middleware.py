@@ -27,7 +27,7 @@ from server.proxies import TrustedProxies
 
 _log = logging.getLogger("baychat.http")
 _access = logging.getLogger("baychat.access")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 
 CSP = (
     "default-src 'none'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -78,7 +78,7 @@ class Boundary:
         )
         incoming = headers.get("x-request-id", "")
         request_id = (
-            incoming if peer.via_proxy and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+            incoming if peer.via_proxy and REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         )
         state: dict[str, Any] = scope.setdefault("state", {})
         state.update(client_ip=peer.ip, secure=peer.secure, request_id=request_id)

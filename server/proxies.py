@@ -34,6 +34,8 @@ class TrustedProxies:
         self._networks: list[Network] = [ipaddress.ip_network(e, strict=False) for e in entries]
 
     def trusts(self, address: str) -> bool:
+        if not self._networks:
+            return False  # no proxies configured: nothing to parse
         parsed = _address(address)
         return parsed is not None and any(parsed in net for net in self._networks)
 

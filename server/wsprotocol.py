@@ -1,29 +1,44 @@
-"""The WebSocket protocol uvicorn runs for ``/ws``: its sans-I/O websockets protocol, plus a
-direct path for outgoing data frames.
+"""The WebSocket protocol uvicorn runs (its ``ws=`` class): ``/ws`` served without ASGI, and
+a direct path for outgoing data frames.
 
-Why: through ASGI every outgoing frame is one ``websocket.send`` message awaited by a writer
-task per connection, and is framed again for each socket. Profiling the fan-out showed most
-of the server's CPU per delivery in that machinery, not in the kernel's send. Server frames
-are unmasked, so one message framed once is the same bytes for every subscriber: this
-protocol lets the gateway write those bytes to the socket's asyncio transport without an
-await, a task or a copy per recipient (``server.transport.DirectTransport``).
-
-Everything else (handshake, reading frames, pings, the closing handshake) is uvicorn's
-``WebSocketsSansIOProtocol`` unchanged; the ASGI app is still what accepts the connection
-and receives frames. The direct path is offered to the app as the scope extension
-``baychat.socket``; an app served by another WebSocket implementation does not find it and
-falls back to plain ASGI sends.
+* ``SocketProtocol`` takes every upgrade uvicorn's HTTP protocol hands over. ``/ws`` it
+  serves itself: the handshake with the ``websockets`` library's sans-I/O
+  ``ServerProtocol``, the decision by ``server.gateway.DirectGateway``, then the session
+  reading messages from this object (``receive``) and writing through
+  ``server.transport.DirectTransport``. Any other upgrade goes, with its bytes, to
+  ``AsgiSocketProtocol`` and the ASGI app, as before. Why: docs/BENCHMARKS.md ("What
+  changed on the hot path", items 1 and 5).
+* ``AsgiSocketProtocol``: uvicorn's sans-I/O protocol with the direct frame sink offered to
+  the app as the scope extension ``baychat.socket``. Through ASGI every outgoing frame would
+  be one ``websocket.send`` message awaited by a writer task per connection, framed again
+  for each socket; server frames are unmasked, so one message framed once is the same bytes
+  for every subscriber. An app served by another WebSocket implementation finds no sink and
+  falls back to plain ASGI sends (``AsgiTransport``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextvars
+import logging
+import random
+import struct
+import weakref
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
+from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import CONNECTING, OPEN
+from websockets.server import ServerProtocol
 
 EXTENSION = "baychat.socket"
+_log = logging.getLogger("baychat.gateway")
+_ws_logger = logging.getLogger("uvicorn.error")
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -95,9 +110,10 @@ class _Flag:
                 self._waiter = None
 
 
-class SocketProtocol(WebSocketsSansIOProtocol):
+class AsgiSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, exposing a direct frame sink to the app, and
-    keeping less per connection (tens of thousands of them are mostly idle)."""
+    keeping less per connection. ``SocketProtocol`` hands it every upgrade that is not the
+    gateway's own ``/ws`` (other paths, or an app without a ``DirectGateway``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -146,3 +162,441 @@ class SocketProtocol(WebSocketsSansIOProtocol):
             self.read_paused = False
             self.transport.resume_reading()
         self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
+
+class DirectHandler(Protocol):
+    """What ``SocketProtocol`` needs of the gateway (``server.gateway.DirectGateway``),
+    found as ``app.state.ws_gateway`` on the app uvicorn serves."""
+
+    path: str
+
+    def serving(self) -> bool:
+        """True once the runtime has started (and until it stops)."""
+        ...
+
+    def accept(self, socket: SocketProtocol, request: Request) -> Coroutine[Any, Any, None] | None:
+        """Answer the handshake now: a refusal (None), or the 101 and the session to run."""
+        ...
+
+
+_handlers: weakref.WeakKeyDictionary[Config, DirectHandler | None] = weakref.WeakKeyDictionary()
+
+
+def _handler_of(config: Config) -> DirectHandler | None:
+    """The gateway of the app uvicorn serves, through any middleware uvicorn wrapped it in."""
+    try:
+        return _handlers[config]
+    except KeyError:
+        pass
+    app: Any = config.loaded_app
+    handler: DirectHandler | None = None
+    for _ in range(8):
+        state = getattr(app, "state", None)
+        handler = getattr(state, "ws_gateway", None) if state is not None else None
+        if handler is not None or not hasattr(app, "app"):
+            break
+        app = app.app
+    _handlers[config] = handler
+    return handler
+
+
+class SocketProtocol(asyncio.Protocol):
+    """The protocol uvicorn hands every WebSocket upgrade to (its ``ws=`` class).
+
+    ``/ws`` does not go through ASGI: the handshake is parsed and answered with the
+    ``websockets`` library's sans-I/O ``ServerProtocol`` (the same one uvicorn uses), the
+    gateway decides on it and then runs the session reading from this object and writing
+    through ``DirectTransport``. Why: a connect through ASGI cost about 1 ms of server CPU
+    (the scope, the middleware stack, starlette's ``WebSocket``, ASGI messages for the
+    accept and every received frame), and each idle connection held the whole coroutine
+    chain of the middleware stack (docs/BENCHMARKS.md). Every other upgrade (another path,
+    or an app without a gateway) is handed, bytes and all, to ``AsgiSocketProtocol`` and is
+    answered exactly as before.
+
+    Incoming messages wait in a small inbox for the session (reading pauses while one is
+    unread, as uvicorn's does); pings, pongs and the closing handshake are handled here.
+    """
+
+    __slots__ = (
+        "_app_state",
+        "_close_timer",
+        "_frames",
+        "_handler",
+        "_inbox",
+        "_other",
+        "_ping_payload",
+        "_ping_timer",
+        "_pong_timer",
+        "_raw",
+        "_server_state",
+        "_text",
+        "_waiter",
+        "close_sent",
+        "config",
+        "conn",
+        "disconnected",
+        "handshake_complete",
+        "loop",
+        "read_paused",
+        "task",
+        "transport",
+    )
+
+    close_timeout = 10.0
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()  # pragma: no cover
+        self.config = config
+        self._server_state = server_state
+        self._app_state = app_state
+        self.loop = _loop or asyncio.get_event_loop()
+        self.conn = ServerProtocol(max_size=config.ws_max_size, logger=_ws_logger)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._handler = _handler_of(config)
+        self._other: AsgiSocketProtocol | None = None  # the protocol a handed-over one runs
+        self._raw: list[bytes] | None = []  # the request's bytes, until it is routed
+        self._inbox: list[str | bytes | None] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._frames: list[bytes] | None = None  # a fragmented message so far
+        self._text = False
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pong_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.handshake_complete = False
+        self.close_sent = False
+        self.disconnected = False
+        self.read_paused = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._server_state.connections.add(self)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._other is not None:
+            self._other.connection_lost(exc)
+            return
+        self._stop_keepalive()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self._server_state.connections.discard(self)
+        self.handshake_complete = True
+        self.disconnected = True
+        self._deliver(None)
+        if exc is None:
+            self.transport.close()
+
+    def eof_received(self) -> None:
+        if self._other is not None:
+            self._other.eof_received()
+
+    def pause_writing(self) -> None:
+        if self._other is not None:
+            self._other.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._other is not None:
+            self._other.resume_writing()
+
+    def data_received(self, data: bytes) -> None:
+        if self._other is not None:
+            self._other.data_received(data)
+            return
+        raw = self._raw
+        if raw is not None:
+            raw.append(data)
+        conn = self.conn
+        conn.receive_data(data)
+        if conn.parser_exc is not None:
+            self._parser_failed()
+            return
+        for event in conn.events_received():
+            if isinstance(event, Frame):
+                self._on_frame(event)
+            elif isinstance(event, Request):
+                self._on_request(event)
+                if self._other is not None:  # handed over: that protocol has the bytes now
+                    return
+        if conn.handshake_exc is not None and not self.handshake_complete:
+            # Not a request websockets can read (a header line or too many headers past
+            # its limits): it has queued the 4xx that says so.
+            self.handshake_complete = self.close_sent = True
+            self._flush_conn()
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """uvicorn is stopping: close with 1012 (service restart), or answer 500 if the
+        handshake is still undecided."""
+        if self._other is not None:
+            self._other.shutdown()
+            return
+        self._stop_keepalive()
+        if self.close_sent:
+            self.transport.close()
+            return
+        if self.handshake_complete:
+            self._deliver(None)
+            self.conn.send_close(1012)
+            self._flush_conn()
+            self.close_sent = True
+        elif self.conn.state is CONNECTING:
+            self.conn.send_response(self.conn.reject(500, "Internal Server Error"))
+            self._flush_conn()
+            self.close_sent = self.handshake_complete = True
+        self.transport.close()
+
+    # -- the handshake --------------------------------------------------------------------
+
+    def _on_request(self, request: Request) -> None:
+        handler = self._handler
+        if (
+            handler is None
+            or request.path.partition("?")[0] != handler.path
+            or not handler.serving()
+        ):
+            self._hand_over()
+            return
+        self._raw = None
+        # The connection's own context, as a task would have: its log fields stay its own.
+        context = contextvars.copy_context()
+        try:
+            session = context.run(handler.accept, self, request)
+        except Exception:
+            _log.exception("WebSocket handshake failed", extra={"event": "ws.error"})
+            self.respond(self.conn.reject(500, "Internal Server Error"))
+            return
+        if session is None:
+            return  # refused, and answered
+        task = self.loop.create_task(session, context=context)
+        self.task = task
+        self._server_state.tasks.add(task)
+        task.add_done_callback(self._on_task_done)
+
+    def _hand_over(self) -> None:
+        """Not ours: uvicorn's ASGI WebSocket protocol takes the connection as it came.
+        Everything the transport reports from now on is passed on to it (uvicorn makes this
+        object the transport's protocol after this first ``data_received`` returns, so
+        ``set_protocol`` here would be undone)."""
+        raw = b"".join(self._raw or ())
+        self._raw = None
+        other = AsgiSocketProtocol(
+            config=self.config, server_state=self._server_state, app_state=self._app_state
+        )
+        self._other = other
+        self._server_state.connections.discard(self)
+        other.connection_made(self.transport)
+        other.data_received(raw)
+
+    def respond(self, response: Response) -> bool:
+        """Send the handshake's answer: True if it was a 101 and the socket is now open; any
+        other status closes the connection once written."""
+        if self.disconnected or self.handshake_complete:
+            return False
+        self.handshake_complete = True
+        if response.status_code == 101:
+            if self.transport.is_closing():
+                return False
+            self.conn.send_response(response)
+            self._flush_conn()
+            # From here on only frames arrive (uvicorn hands over the request alone). A new
+            # sans-I/O protocol in the OPEN state reads them: the handshake's one keeps the
+            # parsed request (headers, token) alive in its parser for the connection's life.
+            self.conn = ServerProtocol(
+                state=OPEN, max_size=self.config.ws_max_size, logger=_ws_logger
+            )
+            self._start_keepalive()
+            return True
+        self.close_sent = True
+        self.conn.send_response(response)
+        self._flush_conn()
+        self.transport.close()
+        return False
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        self._server_state.tasks.discard(task)
+        self.task = None
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("WebSocket session failed", exc_info=task.exception())
+            if not self.handshake_complete:
+                self.respond(self.conn.reject(500, "Internal Server Error"))
+        if self._close_timer is None:
+            self.transport.close()
+
+    # -- frames in ------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            self._text = opcode is Opcode.TEXT
+            if frame.fin:
+                self._message(frame.data)
+            else:
+                self._frames = [bytes(frame.data)]
+        elif opcode is Opcode.CONT and self._frames is not None:
+            self._frames.append(bytes(frame.data))
+            if frame.fin:
+                data, self._frames = b"".join(self._frames), None
+                self._message(data)
+        elif opcode is Opcode.PING:
+            self._flush_conn()  # websockets queued the pong
+        elif opcode is Opcode.PONG:
+            self._on_pong(frame)
+        elif opcode is Opcode.CLOSE:
+            self._on_close()
+
+    def _message(self, data: bytes | bytearray | memoryview) -> None:
+        if self.close_sent:
+            return  # past our close: discard, keep reading until the peer's close reply
+        if self._text:
+            try:
+                message: str | bytes = bytes(data).decode()
+            except UnicodeDecodeError:
+                self.conn.fail(1007, "invalid UTF-8")
+                self._parser_failed()
+                return
+        else:
+            message = bytes(data)
+        self._deliver(message)
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _on_close(self) -> None:
+        if self.close_sent:
+            # The peer answered our close frame: the closing handshake is complete.
+            if self._close_timer is not None:
+                self._close_timer.cancel()
+                self._close_timer = None
+                self.transport.close()
+            return
+        if not self.transport.is_closing():
+            self._deliver(None)
+            self._flush_conn()  # websockets queued the close reply
+            self.close_sent = True
+            self.transport.close()
+
+    def _parser_failed(self) -> None:
+        """The peer broke the protocol (a frame too big, bad UTF-8, a masking error...):
+        websockets has queued the close frame that says so."""
+        self._deliver(None)
+        self._flush_conn()
+        self.close_sent = True
+        self.transport.close()
+
+    def _deliver(self, item: str | bytes | None) -> None:
+        self._inbox.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive(self) -> str | bytes | None:
+        """The next message from the peer; None once it is gone or closing."""
+        inbox = self._inbox
+        while not inbox:
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = inbox.pop(0)
+        if item is None:
+            inbox.append(None)  # every later call sees the end too
+        elif self.read_paused and not inbox:
+            self.read_paused = False
+            self.transport.resume_reading()
+        return item
+
+    # -- keepalive ------------------------------------------------------------------------
+
+    def _start_keepalive(self) -> None:
+        interval = self.config.ws_ping_interval
+        if interval is not None and interval > 0:
+            self._ping_timer = self.loop.call_later(interval, self._send_ping)
+
+    def _stop_keepalive(self) -> None:
+        for timer in (self._ping_timer, self._pong_timer):
+            if timer is not None:
+                timer.cancel()
+        self._ping_timer = self._pong_timer = None
+        self._ping_payload = None
+
+    def _send_ping(self) -> None:
+        self._ping_timer = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self._ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.conn.send_ping(self._ping_payload)
+        self._flush_conn()
+        timeout = self.config.ws_ping_timeout
+        if timeout is not None:
+            self._pong_timer = self.loop.call_later(timeout, self._keepalive_timeout)
+        else:
+            self._start_keepalive()
+
+    def _on_pong(self, frame: Frame) -> None:
+        if self._ping_payload is None or bytes(frame.data) != self._ping_payload:
+            return  # unsolicited or stale
+        self._ping_payload = None
+        if self._pong_timer is not None:
+            self._pong_timer.cancel()
+            self._pong_timer = None
+            self._start_keepalive()
+
+    def _keepalive_timeout(self) -> None:
+        self._pong_timer = None
+        self._ping_payload = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self._deliver(None)
+        self.conn.fail(1011, "keepalive ping timeout")
+        self._flush_conn()
+        self.close_sent = True
+        self.transport.close()
+
+    # -- the sink the gateway's DirectTransport writes to ---------------------------------
+
+    def _flush_conn(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(b"".join(data))
+
+    def write_frames(self, data: bytes) -> bool:
+        """Write whole, already framed WebSocket frames; False once closing or closed."""
+        if self.close_sent or self.disconnected:
+            return False
+        self.transport.write(data)
+        return True
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        return self.transport.get_write_buffer_size()
+
+    def close_now(self, code: int, reason: str) -> None:
+        """Start the closing handshake without waiting for the write buffer to drain (a
+        slow consumer's buffer may never drain); the peer sees ``code`` after the data
+        already buffered. The socket is dropped if the peer does not answer in time."""
+        if self.close_sent or self.disconnected or self.transport.is_closing():
+            return
+        try:
+            self.conn.send_close(code, reason)
+        except InvalidState:
+            return
+        self._deliver(None)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._stop_keepalive()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self._close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
