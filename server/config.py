@@ -54,6 +54,7 @@ class Settings:
     max_subscriptions: int = 200
     send_queue_frames: int = 1024
     send_buffer_bytes: int = 1_048_576  # unsent bytes per connection before slow consumer
+    write_coalesce_ms: float = 20.0  # fan-out writes to a busy connection, joined (transport)
     auth_timeout_s: float = 5.0
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
@@ -136,6 +137,7 @@ class Settings:
             max_subscriptions=_int("MAX_SUBSCRIPTIONS", 200),
             send_queue_frames=_int("SEND_QUEUE_FRAMES", 1024),
             send_buffer_bytes=_int("SEND_BUFFER_BYTES", 1_048_576),
+            write_coalesce_ms=_float("WRITE_COALESCE_MS", 20.0),
             auth_timeout_s=_float("AUTH_TIMEOUT", 5.0),
             ping_interval_s=_float("PING_INTERVAL", 20.0),
             ping_timeout_s=_float("PING_TIMEOUT", 20.0),
@@ -173,6 +175,10 @@ class Settings:
             rate_publish_user=_env("RATE_PUBLISH_USER", "300/10 seconds"),
             rate_flood_strikes=_int("RATE_FLOOD_STRIKES", 20),
         )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.write_coalesce_ms <= 1000:
+            raise ValueError("BAYCHAT_WRITE_COALESCE_MS must be between 0 and 1000")
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

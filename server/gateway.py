@@ -121,7 +121,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     sink = websocket.scope.get("extensions", {}).get(EXTENSION)
     transport: SessionTransport
     if sink is not None:
-        transport = DirectTransport(sink, settings.send_buffer_bytes)
+        transport = DirectTransport(
+            sink, settings.send_buffer_bytes, settings.write_coalesce_ms / 1000
+        )
     else:
         transport = AsgiTransport(websocket, settings.send_queue_frames)
 
@@ -229,7 +231,10 @@ class DirectGateway:
         _log_connect(peer.ip, origin is not None)
         if not socket.respond(response):
             return None
-        transport = DirectTransport(socket, runtime.settings.send_buffer_bytes)
+        settings = runtime.settings
+        transport = DirectTransport(
+            socket, settings.send_buffer_bytes, settings.write_coalesce_ms / 1000
+        )
         return run_session(ClientSession(runtime, socket.receive, bearer, transport), peer.ip)
 
     def _denial(self, exc: BayChatError, rid: str, secure: bool) -> Response:

@@ -147,7 +147,8 @@ def _framed(payload: bytes) -> bytes:
 
 # A connection that was written to less than this long ago gets its next fan-out frames
 # joined into one write when the interval is up, instead of one write per message; see
-# ``DirectTransport``. Replies (``send``) never wait for it.
+# ``DirectTransport``. Replies (``send``) never wait for it. The default of
+# ``BAYCHAT_WRITE_COALESCE_MS``.
 COALESCE_S = 0.02
 
 
@@ -233,7 +234,12 @@ class DirectTransport:
         "_written_at",
     )
 
-    def __init__(self, sink: FrameSink, max_buffer_bytes: int) -> None:
+    def __init__(
+        self, sink: FrameSink, max_buffer_bytes: int, coalesce_s: float | None = None
+    ) -> None:
+        coalesce_s = COALESCE_S if coalesce_s is None else coalesce_s
+        if not 0 <= coalesce_s <= 1:
+            raise ValueError("the write coalescing interval must be between 0 and 1 s")
         self._sink = sink
         self._max_buffer = max_buffer_bytes
         self._pending: list[bytes] = []
@@ -241,8 +247,8 @@ class DirectTransport:
         self._closing: tuple[CloseCode, str] | None = None
         self._flusher = _flusher()
         self._loop = asyncio.get_running_loop()
-        self._coalesce = COALESCE_S
-        self._written_at = -COALESCE_S  # loop time of the last write
+        self._coalesce = coalesce_s
+        self._written_at = -coalesce_s  # loop time of the last write
         self._backed_up = False  # the kernel had not taken all of the last write
         self._closed: asyncio.Event | None = None  # made when someone waits: saves a deque
 

@@ -12,6 +12,7 @@ from websockets.asyncio.client import ClientConnection
 
 from protocol.codes import CloseCode
 from server import transport as transport_module
+from server.config import Settings
 from server.metrics import REGISTRY
 from server.transport import DirectTransport
 from server.wsprotocol import SocketProtocol, text_frame
@@ -182,3 +183,20 @@ async def test_a_coalescing_connection_over_its_bound_is_closed_as_slow_consumer
     stalled.send_coalesced(b"late")  # a closed transport takes nothing more
     await asyncio.sleep(0.1)
     assert sink.writes == [text_frame(b"first")]
+
+
+async def test_a_zero_coalescing_interval_writes_every_fan_out_at_once() -> None:
+    sink = _RecordingSink()
+    transport = DirectTransport(sink, BOUND, coalesce_s=0)
+    for i in range(3):
+        transport.send_coalesced(b'{"n":%d}' % i)
+        await asyncio.sleep(0)  # one loop iteration: the write is done
+        await asyncio.sleep(0)
+    assert len(sink.writes) == 3
+
+
+def test_the_coalescing_interval_is_bounded() -> None:
+    with pytest.raises(ValueError, match="WRITE_COALESCE_MS"):
+        Settings(write_coalesce_ms=5000)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        DirectTransport(_RecordingSink(), BOUND, coalesce_s=-1)
