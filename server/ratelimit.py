@@ -14,6 +14,13 @@ Guarantees of ``RateLimiter.hit``:
   through (fail open) and logs that it did.
 
 Keys never hold an email address in the clear: account keys are hashed.
+
+Memory counters are the ``limits`` library's synchronous in-memory storage and strategies,
+called inline on the event loop: a hit is a dict update under an uncontended lock, with no
+await, no task and no thread hop (its asynchronous twin ran an expiry pass that hopped to a
+thread pool once per key, continuously under load: about a quarter of a published message's
+CPU, docs/BENCHMARKS.md). Its expiry runs on the library's own timer thread. Redis counters
+go through the library's asynchronous Redis storage. The strategies are the same either way.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
-from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits import RateLimitItem, parse, strategies
+from limits.aio import strategies as aio_strategies
+from limits.aio.storage import RedisStorage
+from limits.storage import MemoryStorage
 
 from protocol.errors import RateLimitedError, UnavailableError
 from server.config import Settings
@@ -76,7 +85,7 @@ def account_key(tenant: str, email: str) -> str:
     return hashlib.sha256(f"{tenant}\x00{email.lower()}".encode()).hexdigest()[:32]
 
 
-def _open_storage(url: str, prefix: str) -> Storage:
+def _open_shared_storage(url: str, prefix: str) -> MemoryStorage | RedisStorage:
     if url.startswith("memory:"):
         return MemoryStorage()
     if url.startswith(("redis://", "rediss://")):
@@ -99,26 +108,41 @@ class RateLimiter:
                 self._items[policy.name] = parse(rate)
             except ValueError:
                 raise ValueError(f"BAYCHAT_{policy.setting.upper()}: bad rate {rate!r}") from None
-        self._shared_storage = _open_storage(storage_url(settings), settings.rate_limit_prefix)
+        self._shared_storage = _open_shared_storage(
+            storage_url(settings), settings.rate_limit_prefix
+        )
         self._local_storage = MemoryStorage()
         # Shared budgets (logins, writes) use an exact moving window: no double burst at a
         # window edge, and no approximation that lets an extra attempt through right after
         # one. Per-connection budgets are checked on every frame, so they use the cheapest
         # strategy: a fixed window that starts at the connection's first frame.
-        self._shared = MovingWindowRateLimiter(self._shared_storage)
-        self._local = FixedWindowRateLimiter(self._local_storage)
+        self._local = strategies.FixedWindowRateLimiter(self._local_storage)
+        self._shared_now: strategies.MovingWindowRateLimiter | None = None
+        self._shared_remote: aio_strategies.MovingWindowRateLimiter | None = None
+        if isinstance(self._shared_storage, MemoryStorage):
+            self._shared_now = strategies.MovingWindowRateLimiter(self._shared_storage)
+        else:
+            self._shared_remote = aio_strategies.MovingWindowRateLimiter(self._shared_storage)
         self.flood_strikes = settings.rate_flood_strikes
 
     async def hit(self, policy_name: str, *key: str) -> None:
         """Consume one unit of ``policy_name`` for ``key`` (see the module docstring)."""
         policy = POLICIES[policy_name]
         item = self._items[policy_name]
-        limiter = self._local if policy.local else self._shared
         try:
-            # Redis calls are bounded by the client's socket timeouts (STORAGE_TIMEOUT_S).
-            if await limiter.hit(item, policy_name, *key):
-                return
-            reset_at, _ = await limiter.get_window_stats(item, policy_name, *key)
+            if policy.local or self._shared_now is not None:
+                now = self._local if policy.local else self._shared_now
+                assert now is not None
+                if now.hit(item, policy_name, *key):
+                    return
+                reset_at, _ = now.get_window_stats(item, policy_name, *key)
+            else:
+                remote = self._shared_remote
+                assert remote is not None
+                # Redis calls are bounded by the client's socket timeouts (STORAGE_TIMEOUT_S).
+                if await remote.hit(item, policy_name, *key):
+                    return
+                reset_at, _ = await remote.get_window_stats(item, policy_name, *key)
         except Exception as exc:
             if policy.fail_closed:
                 _log.error(
@@ -152,7 +176,7 @@ class RateLimiter:
     async def close(self) -> None:
         for storage in (self._local_storage, self._shared_storage):
             timer = getattr(storage, "timer", None)
-            if isinstance(timer, asyncio.Task):
+            if isinstance(timer, threading.Timer | asyncio.Task):
                 timer.cancel()
         bridge = getattr(self._shared_storage, "bridge", None)
         client = getattr(bridge, "storage", None)
