@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from limits.storage import MemoryStorage
 from websockets.asyncio.client import ClientConnection
 
 from protocol.codes import CloseCode
@@ -310,6 +311,27 @@ async def test_memory_counters_are_checked_without_suspending(tmp_path: Path) ->
                 step.send(None)
     finally:
         await limiter.close()
+
+
+async def test_expired_memory_counters_are_swept(tmp_path: Path) -> None:
+    """Memory does not grow with the keys ever seen: once their window has passed, the
+    periodic sweep (started by a later hit) drops them."""
+    limiter = RateLimiter(
+        make_settings(tmp_path, rate_publish_user="5/second", rate_ws_frames="5/second")
+    )
+    try:
+        for i in range(100):
+            await limiter.hit("publish_user", "t", "user", f"u{i}")
+            await limiter.hit("ws_frames", f"c{i}")
+        shared, local = limiter._shared_storage, limiter._local_storage
+        assert isinstance(shared, MemoryStorage)
+        assert (len(shared.events), len(local.storage)) == (100, 100)
+        await asyncio.sleep(1.2)  # both windows over, and the next sweep is due
+        await limiter.hit("publish_user", "t", "user", "late")
+    finally:
+        await limiter.close()  # waits for the sweep in progress
+    assert list(shared.events) == ["LIMITER/publish_user/t/user/late/5/1/second"]
+    assert len(local.storage) == 0
 
 
 async def test_a_bad_rate_setting_fails_at_start(tmp_path: Path) -> None:
