@@ -129,7 +129,11 @@ async def _backends(store: Store) -> list[int]:
             " AND application_name = 'baychat'"
         )
     pids = [int(row["pid"]) for row in rows]
-    return pids if all(os.path.exists(f"/proc/{pid}/stat") for pid in pids) else []
+    return pids if all(_is_local(pid) for pid in pids) else []
+
+
+def _is_local(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").exists()
 
 
 def _cpu_seconds(pids: list[int]) -> float:
