@@ -32,10 +32,12 @@ RUN python -m venv /opt/baychat \
     && /opt/baychat/bin/pip install --no-compile . \
     && rm -rf /src
 
-# The tenant key store (shared by gateways and workers) and the backups are volumes; created
-# here so that a fresh named volume inherits this owner and mode.
+# The tenant key store (shared by gateways and workers), the database backups and the
+# key-store backups are volumes; created here so that a fresh named volume inherits this
+# owner and mode.
 RUN install -d -o baychat -g baychat -m 0700 \
-    /var/lib/baychat /var/lib/baychat/keys /var/lib/baychat/backups
+    /var/lib/baychat /var/lib/baychat/keys /var/lib/baychat/backups \
+    /var/lib/baychat/keystore-backups
 
 WORKDIR /var/lib/baychat
 USER baychat:baychat

@@ -10,12 +10,23 @@ latency rather than hiding it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from array import array
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
-from picows import WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import (
+    WSAutoPingStrategy,
+    WSFrame,
+    WSHandshakeError,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
+from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in its stubs
 
 from loadtest.stats import Recorder
 
@@ -108,6 +119,10 @@ class Client(WSListener):
         if frame.msg_type != WSMsgType.TEXT:
             if frame.msg_type == WSMsgType.CLOSE:
                 self.close_code = int(frame.get_close_code().value)
+                # Answer the closing handshake at once: a refusal after the upgrade (a bad
+                # token: 4001) is then reported as such, not as a timeout.
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
             return
         data = frame.get_payload_as_bytes()
         if data.startswith(_MESSAGE):
@@ -219,16 +234,72 @@ def publish_prefix(channel: str) -> bytes:
     return b'{"type":"publish","channel":"' + channel.encode() + b'","body":"'
 
 
+# Not a ``logging.Logger``: picows then skips making a child logger per connection.
+_PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("loadtest.picows"), {})
+_MAX_FRAME = 1 << 20
+_READ_BUFFER = 4096
+
+
+async def _connect_plain(
+    url: str, headers: dict[str, str], factory: Any, timeout: float
+) -> WSListener:
+    """picows' own WebSocket protocol on a plain ``loop.create_connection``.
+
+    Why: ``ws_connect`` resolves the URL, looks for proxies and redirects, and goes through
+    aiofastnet's Python connect path on every call; in ``storm`` that machinery cost the
+    generator about as much CPU per connect as the handshake itself (docs/BENCHMARKS.md),
+    and the generator shares the cores with the server it measures. Same protocol code,
+    less setup: only for ``ws://`` URLs; ``wss://`` goes through ``ws_connect``.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    def protocol() -> WSProtocol:
+        return WSProtocol(
+            parts.netloc,
+            path,
+            True,
+            factory,
+            _PICOWS_LOG,
+            True,
+            timeout,
+            False,
+            20.0,
+            20.0,
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,
+            _MAX_FRAME,
+            headers,
+            _READ_BUFFER,
+        )
+
+    loop = asyncio.get_running_loop()
+    transport, ws_protocol = await loop.create_connection(protocol, host, port)
+    try:
+        await ws_protocol.wait_until_handshake_complete()
+    except BaseException:
+        transport.abort()
+        raise
+    listener: WSListener = ws_protocol.listener
+    return listener
+
+
 async def open_client(url: str, token: str, tracker: Tracker, timeout: float = 10.0) -> Client:
     """Connect with the token in the handshake and wait for ``ready``; raise
     ``ConnectError`` if the server refuses."""
+    headers = {"Authorization": f"Bearer {token}"}
     try:
-        _, client = await ws_connect(
-            lambda: Client(tracker),
-            url,
-            websocket_handshake_timeout=timeout,
-            extra_headers={"Authorization": f"Bearer {token}"},
-        )
+        if url.startswith("ws://"):
+            client = await _connect_plain(url, headers, lambda: Client(tracker), timeout)
+        else:
+            _, client = await ws_connect(
+                lambda: Client(tracker),
+                url,
+                websocket_handshake_timeout=timeout,
+                extra_headers=headers,
+            )
     except (TimeoutError, OSError) as exc:
         raise ConnectError(type(exc).__name__) from None
     except WSHandshakeError as exc:  # refused before the upgrade: say with which status

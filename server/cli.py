@@ -90,16 +90,33 @@ def serve(host: str, port: int) -> None:
 
 @main.command()
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-def worker(workers: int) -> None:
-    """Run persistence workers against the shared log (no HTTP). Gateways of the same
-    cluster run with BAYCHAT_EMBEDDED_WORKER=0."""
-    import logging
+@click.option(
+    "--http-port",
+    type=click.IntRange(1, 65535),
+    envvar="BAYCHAT_WORKER_HTTP_PORT",
+    help="Serve /healthz, /readyz and /metrics on this port (default: no HTTP).",
+)
+@click.option(
+    "--http-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="BAYCHAT_WORKER_HTTP_HOST",
+    help="Address of that endpoint.",
+)
+def worker(workers: int, http_port: int | None, http_host: str) -> None:
+    """Run persistence workers against the shared log. Gateways of the same cluster run
+    with BAYCHAT_EMBEDDED_WORKER=0."""
+    import logging.config
 
+    from server.logs import logging_config
     from server.workers import run_workers
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings.from_env()
+    log_config = logging_config(settings.log_format, settings.log_level)
+    logging.config.dictConfig(log_config)
+    http = (http_host, http_port) if http_port is not None else None
     try:
-        asyncio.run(run_workers(Settings.from_env(), workers))
+        asyncio.run(run_workers(settings, workers, http=http, log_config=log_config))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -245,7 +262,10 @@ def demo(slug: str) -> None:
 def _register_operations() -> None:
     from server.cli_data import backup, restore, tenant_delete
     from server.cli_keys import keys
+    from server.cli_keystore import keys_backup, keys_restore
 
+    keys.add_command(keys_backup)
+    keys.add_command(keys_restore)
     main.add_command(keys)
     main.add_command(backup)
     main.add_command(restore)

@@ -96,15 +96,7 @@ def backup_prune(keep_days: int | None, directory: Path | None, dry_run: bool) -
             directory or settings.backups_dir, keep_days=days, now_ms=now_ms(), dry_run=dry_run
         )
     )
-    emit(
-        {
-            "keep_days": days,
-            "dry_run": dry_run,
-            "deleted": [p.name for p in result.deleted],
-            "kept": [p.name for p in result.kept],
-            "ignored": [p.name for p in result.ignored],
-        }
-    )
+    emit(result.report(days, dry_run))
 
 
 @backup.command("verify")

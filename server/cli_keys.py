@@ -1,4 +1,5 @@
-"""`baychat keys`: master keys and JWT signing keys (docs/OPERATIONS.md, "Keys")."""
+"""`baychat keys`: master keys and JWT signing keys (docs/OPERATIONS.md, "Keys"). The key
+store's own backup and restore (`keys backup`, `keys restore`) are in server/cli_keystore.py."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ from storage.store import Store
 
 @click.group()
 def keys() -> None:
-    """Master keys and JWT signing keys: status, rotation, re-encryption, retirement."""
+    """Master keys and JWT signing keys: status, rotation, re-encryption, retirement; the
+    tenant key store's own backups (backup, restore)."""
 
 
 @keys.command("status")

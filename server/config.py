@@ -67,6 +67,10 @@ class Settings:
     backup_key: str = ""  # BAYCHAT_BACKUP_KEY (base64), else data_dir/secrets/backup.key
     backup_keep_days: int = 35
     backup_database_url: str = ""  # pg_dump's connection (BYPASSRLS); default: owner URL
+    # Key-store backups (`baychat keys backup`): BAYCHAT_KEYSTORE_BACKUP_DIR, else
+    # data_dir/keystore-backups (not under the database backups: they travel apart).
+    keystore_backup_dir: Path | None = None
+    keystore_backup_keep_days: int = 35
     # -- boundary hardening (docs/SECURITY.md, "Boundary hardening") ----------------------
     max_connections_per_user: int = 20  # per gateway process
     cors_origins: tuple[str, ...] = ()  # exact origins allowed to call the HTTP API cross-site
@@ -100,6 +104,12 @@ class Settings:
     @property
     def backups_dir(self) -> Path:
         return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
+
+    @property
+    def keystore_backups_dir(self) -> Path:
+        if self.keystore_backup_dir is not None:
+            return self.keystore_backup_dir
+        return self.data_dir / "keystore-backups"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -138,6 +148,10 @@ class Settings:
             backup_key=_env("BACKUP_KEY", ""),
             backup_keep_days=_int("BACKUP_KEEP_DAYS", 35),
             backup_database_url=_env("BACKUP_DATABASE_URL", ""),
+            keystore_backup_dir=Path(
+                _env("KEYSTORE_BACKUP_DIR", str(data_dir / "keystore-backups"))
+            ),
+            keystore_backup_keep_days=_int("KEYSTORE_BACKUP_KEEP_DAYS", 35),
             max_connections_per_user=_int("MAX_CONNECTIONS_PER_USER", 20),
             cors_origins=_list("CORS_ORIGINS", ()),
             allowed_origins=_list("ALLOWED_ORIGINS", ()),

@@ -2,12 +2,18 @@
 
 Layout (integers big endian)::
 
-    header  = MAGIC (8) | format (1) | chunk size (4) | created at, unix ms (8)
+    header  = magic (8) | format (1) | chunk size (4) | created at, unix ms (8)
               | key id (8) | salt (32) | nonce prefix (8)                       = 69 bytes
     chunk i = AES-256-GCM(file key, nonce = nonce prefix | i (4),
                           plaintext = next `chunk size` bytes of the stream (the last one
                           shorter, possibly empty),
                           associated data = header | i (8) | final (1))
+
+The magic names the file's kind: ``BAYCHBK\0`` a database backup (``storage/backup.py``),
+``BAYCHKS\0`` a key-store backup (``storage/keybackup.py``). It is part of the header, so of
+every chunk's associated data: a kind changed in the header fails to authenticate, and a
+reader asking for one kind refuses the other by name (``WrongKindError``) before it
+decrypts anything.
 
 The design is the one of Tink's streaming AEAD and age's STREAM: a fresh file key
 ``HKDF-SHA256(backup key, salt, "baychat/backup/v1/file-key")`` per file (so nonces never
@@ -27,14 +33,23 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-MAGIC = b"BAYCHBK\x00"
+Kind = Literal["database", "keystore"]
+MAGIC = b"BAYCHBK\x00"  # a database backup
+KEYSTORE_MAGIC = b"BAYCHKS\x00"  # a key-store backup
+_KINDS: dict[bytes, Kind] = {MAGIC: "database", KEYSTORE_MAGIC: "keystore"}
+_MAGICS: dict[Kind, bytes] = {kind: magic for magic, kind in _KINDS.items()}
+# What each kind is called, and the command that restores it, for the wrong-kind error.
+_ABOUT: dict[Kind, tuple[str, str]] = {
+    "database": ("a database backup", "baychat restore"),
+    "keystore": ("a key-store backup", "baychat keys restore"),
+}
 FORMAT = 1
 CHUNK_SIZE = 1 << 20
 _HEADER = struct.Struct(">8sBIQ8s32s8s")
@@ -58,6 +73,11 @@ class DamagedBackupError(BackupError):
     """Truncated, reordered or altered."""
 
 
+class WrongKindError(BackupError):
+    """A BayChat backup of another kind (a key-store backup handed to the database restore,
+    or the other way round)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     chunk_size: int
@@ -65,10 +85,11 @@ class Header:
     key_id: bytes
     salt: bytes
     nonce_prefix: bytes
+    kind: Kind = "database"
 
     def pack(self) -> bytes:
         return _HEADER.pack(
-            MAGIC,
+            _MAGICS[self.kind],
             FORMAT,
             self.chunk_size,
             self.created_at_ms,
@@ -89,14 +110,14 @@ def key_id(backup_key: bytes) -> bytes:
 def read_header(handle: BinaryIO) -> Header:
     """Parse the header; ``NotABackupError`` for anything that is not a BayChat backup."""
     raw = handle.read(HEADER_SIZE)
-    if len(raw) < HEADER_SIZE or not raw.startswith(MAGIC):
+    if len(raw) < HEADER_SIZE or raw[: len(MAGIC)] not in _KINDS:
         raise NotABackupError("not a BayChat backup file")
-    _, fmt, chunk_size, created, kid, salt, prefix = _HEADER.unpack(raw)
+    magic, fmt, chunk_size, created, kid, salt, prefix = _HEADER.unpack(raw)
     if fmt != FORMAT:
         raise NotABackupError(f"unknown backup format version {fmt}")
     if not 0 < chunk_size <= 64 << 20:
         raise NotABackupError("backup header has an impossible chunk size")
-    return Header(chunk_size, created, kid, salt, prefix)
+    return Header(chunk_size, created, kid, salt, prefix, _KINDS[magic])
 
 
 def _aad(header: bytes, index: int, final: bool) -> bytes:
@@ -118,9 +139,12 @@ class SealedWriter:
         *,
         created_at_ms: int,
         chunk_size: int = CHUNK_SIZE,
+        kind: Kind = "database",
     ) -> None:
         salt = os.urandom(32)
-        self.header = Header(chunk_size, created_at_ms, key_id(backup_key), salt, os.urandom(8))
+        self.header = Header(
+            chunk_size, created_at_ms, key_id(backup_key), salt, os.urandom(8), kind
+        )
         self._packed = self.header.pack()
         self._aead = AESGCM(_derive(backup_key, b"baychat/backup/v1/file-key", salt, 32))
         self._handle = handle
@@ -148,10 +172,18 @@ class SealedWriter:
         self._index += 1
 
 
-def open_sealed(handle: BinaryIO, backup_key: bytes) -> tuple[Header, Iterator[bytes]]:
+def open_sealed(
+    handle: BinaryIO, backup_key: bytes, *, kind: Kind = "database"
+) -> tuple[Header, Iterator[bytes]]:
     """The header and an iterator of authenticated plaintext chunks. The iterator raises
-    ``DamagedBackupError`` at the first chunk that fails; it ends only after the final one."""
+    ``DamagedBackupError`` at the first chunk that fails; it ends only after the final one.
+    ``WrongKindError`` for a BayChat backup of another ``kind``."""
     header = read_header(handle)
+    if header.kind != kind:
+        found, restored_by = _ABOUT[header.kind]
+        raise WrongKindError(
+            f"this is {found}, not {_ABOUT[kind][0]}: restore it with `{restored_by}`"
+        )
     if header.key_id != key_id(backup_key):
         raise WrongKeyError(
             f"this backup was made with another backup key (key id {header.key_id.hex()},"

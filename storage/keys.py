@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.errors import BayChatError
+from storage.durable import fsync_path
 
 
 class KeyUnavailableError(BayChatError):
@@ -65,15 +66,7 @@ def replace_secret_file(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
 
 
 @contextlib.contextmanager
@@ -209,17 +202,26 @@ class MasterKeyring:
         return cls.from_json(path.read_bytes())
 
 
+SECRET_SUFFIX = ".key"  # noqa: S105 - a file name suffix
+SECRET_BYTES = 32
+
+
+def is_tenant_id(tenant_id: str) -> bool:
+    """What a key-store file name may hold: letters, digits and dashes, nothing else."""
+    return bool(tenant_id) and all(c.isalnum() or c == "-" for c in tenant_id)
+
+
 class TenantKeyStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
     def _path(self, tenant_id: str) -> Path:
-        if not tenant_id or not all(c.isalnum() or c == "-" for c in tenant_id):
+        if not is_tenant_id(tenant_id):
             raise ValueError("malformed tenant id")
-        return self.directory / f"{tenant_id}.key"
+        return self.directory / f"{tenant_id}{SECRET_SUFFIX}"
 
     def create(self, tenant_id: str) -> None:
-        write_secret_file(self._path(tenant_id), secrets.token_bytes(32))
+        write_secret_file(self._path(tenant_id), secrets.token_bytes(SECRET_BYTES))
 
     def secret(self, tenant_id: str) -> bytes:
         try:
@@ -236,4 +238,4 @@ class TenantKeyStore:
         path = self._path(tenant_id)
         path.unlink(missing_ok=True)
         if path.parent.exists():
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)

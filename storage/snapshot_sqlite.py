@@ -13,6 +13,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+from storage.durable import fsync_path
 from storage.snapshot import NotEmptyError, SnapshotError, SnapshotFacts, identifier
 from storage.sqlite import sqlite_path
 
@@ -100,11 +101,7 @@ class SQLiteSnapshotter:
                 closing(sqlite3.connect(tmp)) as target,
             ):
                 source.backup(target, pages=-1)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(tmp)
             # A write-ahead log left by the old file would be replayed into the new one.
             for suffix in _SIDE_FILES:
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)

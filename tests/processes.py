@@ -168,8 +168,12 @@ class Processes:
         argv = [*baychat_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
         return self.spawn(name, argv, env, port)
 
-    def worker(self, name: str, env: Mapping[str, str]) -> Service:
-        return self.spawn(name, [*baychat_command(), "worker"], env)
+    def worker(self, name: str, env: Mapping[str, str], http_port: int | None = None) -> Service:
+        """`baychat worker`; with ``http_port``, also its /healthz, /readyz and /metrics."""
+        argv = [*baychat_command(), "worker"]
+        if http_port is not None:
+            argv += ["--http-port", str(http_port)]
+        return self.spawn(name, argv, env, http_port)
 
     async def __aenter__(self) -> Processes:
         return self

@@ -113,7 +113,8 @@ def test_only_caddy_publishes_ports_and_only_80_and_443(
     assert publishing == {"caddy"}
     assert sorted(services["caddy"]["ports"]) == ["443:443", "80:80"]
     for name, service in services.items():
-        assert "network_mode" not in service, name  # host networking would bypass all this
+        # Host networking would bypass all this; "none" (no network at all) is stricter still.
+        assert service.get("network_mode", "none") == "none", name
 
 
 def test_every_service_has_a_health_check(services: dict[str, dict[str, Any]]) -> None:
@@ -140,6 +141,9 @@ def test_backend_and_edge_networks_have_no_route_out(
         assert networks(services[name]) == {"edge", "backend"}
     for name in ("worker", "migrate", "postgres", "redis", "backup"):
         assert networks(services[name]) == {"backend"}, name
+    # The key-store backup reads files and writes files: it needs no network at all.
+    assert services["keystore-backup"]["network_mode"] == "none"
+    assert networks(services["keystore-backup"]) == set()
 
 
 def test_redis_keeps_an_append_only_file_and_never_evicts(
@@ -186,7 +190,10 @@ def test_gateways_and_worker_run_as_cluster_nodes(services: dict[str, dict[str, 
         assert env["BAYCHAT_DATABASE_URL"].startswith("postgresql://baychat_app:"), name
         assert env["BAYCHAT_BROKER_URL"].startswith("redis://"), name
         assert "BAYCHAT_DATABASE_OWNER_URL" not in env, name
-    assert services["worker"]["command"] == ["worker"]
+    assert services["worker"]["command"][0] == "worker"
+    # The worker serves its health on a port of its own, and its healthcheck asks it.
+    assert services["worker"]["command"][1:] == ["--http-host", "0.0.0.0", "--http-port", "9100"]  # noqa: S104
+    assert "127.0.0.1:9100/healthz" in " ".join(services["worker"]["healthcheck"]["test"])
     for name in GATEWAYS:
         assert services[name]["command"][0] == "serve"
         origins = environment(services[name])["BAYCHAT_ALLOWED_ORIGINS"]
@@ -204,7 +211,7 @@ def test_each_secret_reaches_only_the_services_that_need_it(
         "BAYCHAT_MASTER_KEYS": set(APP_SERVICES),
         "BAYCHAT_JWT_KEYS": set(APP_SERVICES),
         "BAYCHAT_DB_BACKUP_PASSWORD": {"postgres", "backup"},
-        "BAYCHAT_BACKUP_KEY": {"backup"},
+        "BAYCHAT_BACKUP_KEY": {"backup", "keystore-backup"},
     }
     marked = {**example_env, **{secret: f"<{secret}>" for secret in needs}}
     services = load_compose(marked)["services"]
@@ -223,6 +230,17 @@ def test_tenant_keys_volume_is_shared_by_gateways_and_worker(
     for name in ("caddy", "postgres", "redis", "migrate", "backup"):
         mounts = services[name].get("volumes") or []
         assert not any(m.startswith("tenant-keys:") for m in mounts), name
+    # The key-store backup reads it and cannot change it.
+    keystore = environment(services["keystore-backup"])["BAYCHAT_KEYSTORE_DIR"]
+    assert f"tenant-keys:{keystore}:ro" in services["keystore-backup"]["volumes"]
+
+
+def volume_holders(services: dict[str, dict[str, Any]], volume: str) -> set[str]:
+    return {
+        name
+        for name, service in services.items()
+        if any(v.split(":", 1)[0] == volume for v in service.get("volumes") or [])
+    }
 
 
 def test_backups_run_on_a_schedule_and_prune(services: dict[str, dict[str, Any]]) -> None:
@@ -235,10 +253,32 @@ def test_backups_run_on_a_schedule_and_prune(services: dict[str, dict[str, Any]]
     assert env["BAYCHAT_BACKUP_KEEP_DAYS"] == "35"
     assert f"backups:{env['BAYCHAT_BACKUP_DIR']}" in backup["volumes"]
     assert ":" not in env["BAYCHAT_DATABASE_URL"].split("@")[0].removeprefix("postgresql://")
-    holders = {
-        name for name, s in services.items() if any("backups:" in v for v in s.get("volumes") or [])
-    }
-    assert holders == {"backup"}
+    assert volume_holders(services, "backups") == {"backup"}
+
+
+def test_key_store_backups_run_on_their_own_schedule_and_volume(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    service = services["keystore-backup"]
+    [script] = service["command"]
+    assert "baychat keys backup && baychat keys backup prune" in script
+    assert "sleep 3600" in script  # BAYCHAT_KEYSTORE_BACKUP_INTERVAL_S from .env.example
+    env = environment(service)
+    assert env["BAYCHAT_KEYSTORE_BACKUP_KEEP_DAYS"] == "35"
+    assert f"keystore-backups:{env['BAYCHAT_KEYSTORE_BACKUP_DIR']}" in service["volumes"]
+    assert "keystore-backups" in compose["volumes"]
+    # Apart from the database backups, both ways: neither service holds the other's volume.
+    assert volume_holders(services, "keystore-backups") == {"keystore-backup"}
+    assert (
+        env["BAYCHAT_KEYSTORE_BACKUP_DIR"] != environment(services["backup"])["BAYCHAT_BACKUP_DIR"]
+    )
+    # A key-store backup needs no database: no URL, no password, no master key.
+    assert not {k for k in env if "DATABASE" in k or k == "BAYCHAT_MASTER_KEYS"}
+    # Its health check watches its own files.
+    assert "baychat-keys-*.bckeys" in service["healthcheck"]["test"][1]
+    # The image creates the mount point, so a fresh volume is the application user's.
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert env["BAYCHAT_KEYSTORE_BACKUP_DIR"] in dockerfile
 
 
 def test_gateways_trust_forwarded_headers_from_caddy_only(

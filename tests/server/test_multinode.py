@@ -28,6 +28,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 
 from server.auth.authority import scope_for_operator, scope_for_system
@@ -37,7 +38,7 @@ from server.config import Settings
 from server.runtime import make_passwords, open_store
 from storage.models import Channel, Tenant, User
 from storage.store import Store
-from tests.backends import OwnRedis, fresh_postgres, own_redis
+from tests.backends import OwnRedis, free_port, fresh_postgres, own_redis
 from tests.processes import Processes, Service, baychat_command
 
 PASSWORD = "correct horse battery staple"
@@ -62,8 +63,8 @@ class Cluster:
         await gateway.wait_ready()
         return gateway
 
-    def start_worker(self) -> Service:
-        worker = self.procs.worker(f"worker-{len(self.workers)}", self.env)
+    def start_worker(self, http_port: int | None = None) -> Service:
+        worker = self.procs.worker(f"worker-{len(self.workers)}", self.env, http_port)
         self.workers.append(worker)
         return worker
 
@@ -460,3 +461,53 @@ async def test_the_same_channel_name_in_two_tenants_never_crosses(cluster: Clust
         assert_exactly_once_in_order(reader, [*(f"{prefix}{i}" for i in range(5)), f"{prefix}end"])
     assert all(body.startswith("one-") for _, body in await cluster.stored(one))
     assert all(body.startswith("two-") for _, body in await cluster.stored(two))
+
+
+def _sample(text: str, name: str) -> float:
+    """The value of one unlabelled sample in a Prometheus exposition (0 if absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    return 0.0
+
+
+async def test_the_worker_serves_health_and_its_own_persistence_metrics(cluster: Cluster) -> None:
+    # The fixture's worker has no HTTP: stop it, and let one that serves HTTP take over.
+    assert cluster.workers[0].stop() == 0
+    worker = cluster.start_worker(http_port=free_port())
+    await worker.wait_ready()
+    async with httpx.AsyncClient(base_url=worker.http_url, timeout=5) as http:
+        health = await http.get("/healthz")
+        ready = await http.get("/readyz")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        assert ready.status_code == 200
+        assert ready.json() == {"ready": True, "checks": {"workers": True, "store": True}}
+
+        gateway = cluster.gateways[0]
+        tenant, (alice,) = await cluster.tenant("alice")
+        writer = await cluster.client(gateway, tenant, alice)
+        await writer.connect(gateway, "general")
+        for i in range(5):
+            await writer.publish("general", f"m{i}")  # each ack means the worker stored it
+
+        # The batch is counted just after its entries are marked done, which is what lets
+        # the ack go out: the last count can trail the last ack by a moment.
+        async def counted() -> str:
+            while True:
+                text = (await http.get("/metrics")).text
+                if _sample(text, "baychat_persistence_batch_size_sum") >= 5:
+                    return text
+                await asyncio.sleep(0.05)
+
+        text = await asyncio.wait_for(counted(), TIMEOUT)
+        assert _sample(text, "baychat_persistence_batch_size_sum") == 5
+        assert _sample(text, "baychat_persistence_batch_size_count") >= 1
+        assert _sample(text, "process_cpu_seconds_total") > 0
+    # The gateway stored nothing itself: the persistence work shows on the worker only.
+    async with httpx.AsyncClient(base_url=gateway.http_url, timeout=5) as http:
+        gateway_text = (await http.get("/metrics")).text
+    assert _sample(gateway_text, "baychat_persistence_batch_size_count") == 0
+
+    assert worker.stop() == 0  # SIGTERM: finishes cleanly, and the endpoint goes with it
+    assert await worker.status("/healthz") is None

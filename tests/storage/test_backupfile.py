@@ -10,10 +10,12 @@ import pytest
 
 from storage.backupfile import (
     HEADER_SIZE,
+    MAGIC,
     DamagedBackupError,
     NotABackupError,
     SealedWriter,
     WrongKeyError,
+    WrongKindError,
     open_sealed,
 )
 
@@ -110,3 +112,22 @@ def test_other_files_are_not_backups() -> None:
     for blob in (b"", b"SQLite format 3\x00" + bytes(100), b"BAYCHBK"):
         with pytest.raises(NotABackupError):
             read_all(blob)
+
+
+def test_the_kind_is_in_the_authenticated_header() -> None:
+    out = io.BytesIO()
+    writer = SealedWriter(out, KEY, created_at_ms=1, chunk_size=CHUNK, kind="keystore")
+    writer.write(b"secrets")
+    writer.close()
+    blob = out.getvalue()
+    header, chunks = open_sealed(io.BytesIO(blob), KEY, kind="keystore")
+    assert header.kind == "keystore"
+    assert b"".join(chunks) == b"secrets"
+    with pytest.raises(WrongKindError, match="key-store backup, not a database backup"):
+        open_sealed(io.BytesIO(blob), KEY)
+    with pytest.raises(WrongKindError, match="database backup, not a key-store backup"):
+        open_sealed(io.BytesIO(sealed(b"rows")), KEY, kind="keystore")
+    # Relabelled as a database backup: the header is in every chunk's associated data.
+    relabelled = MAGIC + blob[len(MAGIC) :]
+    with pytest.raises(DamagedBackupError):
+        read_all(relabelled)

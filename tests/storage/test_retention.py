@@ -6,16 +6,17 @@ import io
 import os
 from pathlib import Path
 
-from storage.backupfile import SealedWriter
+from storage.backupfile import Kind, SealedWriter
+from storage.keybackup import KEYSTORE
 from storage.retention import DAY_MS, prune
 
 NOW = 1_800_000_000_000
 KEY = os.urandom(32)
 
 
-def backup_file(directory: Path, name: str, age_days: float) -> Path:
+def backup_file(directory: Path, name: str, age_days: float, kind: Kind = "database") -> Path:
     out = io.BytesIO()
-    writer = SealedWriter(out, KEY, created_at_ms=NOW - int(age_days * DAY_MS))
+    writer = SealedWriter(out, KEY, created_at_ms=NOW - int(age_days * DAY_MS), kind=kind)
     writer.write(b"payload")
     writer.close()
     path = directory / name
@@ -59,3 +60,23 @@ def test_dry_run_and_configurable_retention(tmp_path: Path) -> None:
     assert prune(tmp_path, keep_days=35, now_ms=NOW).deleted == []
     assert prune(tmp_path, keep_days=7, now_ms=NOW).deleted == [week_old]
     assert not week_old.exists()
+
+
+def test_key_store_backups_have_their_own_family(tmp_path: Path) -> None:
+    old = backup_file(tmp_path, "baychat-keys-old.bckeys", 40, "keystore")
+    young = backup_file(tmp_path, "baychat-keys-young.bckeys", 2, "keystore")
+    database = backup_file(tmp_path, "baychat-db.bcbk", 90)
+    # Named like a key-store backup, but a database backup inside: not the family's.
+    disguised = backup_file(tmp_path, "baychat-keys-disguised.bckeys", 90)
+    listed = prune(tmp_path, keep_days=35, now_ms=NOW, family=KEYSTORE, dry_run=True)
+    assert listed.deleted == [old]
+    assert old.exists()
+    result = prune(tmp_path, keep_days=35, now_ms=NOW, family=KEYSTORE)
+    assert result.deleted == [old]
+    assert result.kept == [young]
+    assert set(result.ignored) == {database, disguised}
+    assert database.exists()
+    assert disguised.exists()
+    # And the database prune leaves key-store backups alone, whatever their age.
+    assert prune(tmp_path, keep_days=35, now_ms=NOW).ignored.count(young) == 1
+    assert young.exists()
