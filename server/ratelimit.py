@@ -14,6 +14,17 @@ Guarantees of ``RateLimiter.hit``:
   through (fail open) and logs that it did.
 
 Keys never hold an email address in the clear: account keys are hashed.
+
+Memory counters are the ``limits`` library's synchronous in-memory storage and strategies,
+called inline on the event loop: a hit is a dict update under an uncontended lock, with no
+await, no task and no thread hop. (Its asynchronous twin ran an expiry pass that hopped to a
+thread pool once per key, continuously under load: about a quarter of a published message's
+CPU, docs/BENCHMARKS.md. Left to itself the synchronous one starts a timer thread every
+10 ms of traffic, and the loop waits for each to start.) Expiry only frees memory: a
+strategy never trusts an expired entry, it compares times itself. So the library's expiry
+pass runs here once per ``SWEEP_S`` on the loop's executor, one thread hop per second for
+all keys. Redis counters go through the library's asynchronous Redis storage. The
+strategies are the same either way.
 """
 
 from __future__ import annotations
@@ -24,15 +35,39 @@ import logging
 import time
 from dataclasses import dataclass
 
-from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits import RateLimitItem, parse, strategies
+from limits.aio import strategies as aio_strategies
+from limits.aio.storage import RedisStorage
+from limits.storage import MemoryStorage
 
 from protocol.errors import RateLimitedError, UnavailableError
 from server.config import Settings
 
 _log = logging.getLogger("baychat.ratelimit")
 STORAGE_TIMEOUT_S = 1.0
+SWEEP_S = 1.0  # how often expired in-memory counters are dropped
+
+
+class _SweptMemoryStorage(MemoryStorage):
+    """``limits``' synchronous memory storage with its expiry pass run by ``sweep`` (called
+    off the loop once per ``SWEEP_S``) instead of a timer thread started on every hit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timer.cancel()  # the one __init__ starts
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # the library's per-hit timer
+        return None
+
+    def sweep(self) -> None:
+        self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+        # The pass empties a moving window's list but keeps the key; drop it, under the
+        # key's lock (a hit holds it from reading the list to inserting into it).
+        for key in [k for k, entries in self.events.items() if not entries]:
+            with self.locks[key]:
+                if not self.events.get(key):
+                    self.events.pop(key, None)
+                    self.locks.pop(key, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +111,9 @@ def account_key(tenant: str, email: str) -> str:
     return hashlib.sha256(f"{tenant}\x00{email.lower()}".encode()).hexdigest()[:32]
 
 
-def _open_storage(url: str, prefix: str) -> Storage:
+def _open_shared_storage(url: str, prefix: str) -> _SweptMemoryStorage | RedisStorage:
     if url.startswith("memory:"):
-        return MemoryStorage()
+        return _SweptMemoryStorage()
     if url.startswith(("redis://", "rediss://")):
         return RedisStorage(
             f"async+{url}",
@@ -99,26 +134,47 @@ class RateLimiter:
                 self._items[policy.name] = parse(rate)
             except ValueError:
                 raise ValueError(f"BAYCHAT_{policy.setting.upper()}: bad rate {rate!r}") from None
-        self._shared_storage = _open_storage(storage_url(settings), settings.rate_limit_prefix)
-        self._local_storage = MemoryStorage()
+        self._shared_storage = _open_shared_storage(
+            storage_url(settings), settings.rate_limit_prefix
+        )
+        self._local_storage = _SweptMemoryStorage()
+        self._memory = [self._local_storage]
         # Shared budgets (logins, writes) use an exact moving window: no double burst at a
         # window edge, and no approximation that lets an extra attempt through right after
         # one. Per-connection budgets are checked on every frame, so they use the cheapest
         # strategy: a fixed window that starts at the connection's first frame.
-        self._shared = MovingWindowRateLimiter(self._shared_storage)
-        self._local = FixedWindowRateLimiter(self._local_storage)
+        self._local = strategies.FixedWindowRateLimiter(self._local_storage)
+        self._shared_now: strategies.MovingWindowRateLimiter | None = None
+        self._shared_remote: aio_strategies.MovingWindowRateLimiter | None = None
+        if isinstance(self._shared_storage, _SweptMemoryStorage):
+            self._shared_now = strategies.MovingWindowRateLimiter(self._shared_storage)
+            self._memory.append(self._shared_storage)
+        else:
+            self._shared_remote = aio_strategies.MovingWindowRateLimiter(self._shared_storage)
         self.flood_strikes = settings.rate_flood_strikes
+        self._next_sweep = 0.0
+        self._sweeping: asyncio.Future[None] | None = None
 
     async def hit(self, policy_name: str, *key: str) -> None:
         """Consume one unit of ``policy_name`` for ``key`` (see the module docstring)."""
         policy = POLICIES[policy_name]
         item = self._items[policy_name]
-        limiter = self._local if policy.local else self._shared
+        if time.monotonic() >= self._next_sweep:
+            self._sweep()
         try:
-            # Redis calls are bounded by the client's socket timeouts (STORAGE_TIMEOUT_S).
-            if await limiter.hit(item, policy_name, *key):
-                return
-            reset_at, _ = await limiter.get_window_stats(item, policy_name, *key)
+            if policy.local or self._shared_now is not None:
+                now = self._local if policy.local else self._shared_now
+                assert now is not None
+                if now.hit(item, policy_name, *key):
+                    return
+                reset_at, _ = now.get_window_stats(item, policy_name, *key)
+            else:
+                remote = self._shared_remote
+                assert remote is not None
+                # Redis calls are bounded by the client's socket timeouts (STORAGE_TIMEOUT_S).
+                if await remote.hit(item, policy_name, *key):
+                    return
+                reset_at, _ = await remote.get_window_stats(item, policy_name, *key)
         except Exception as exc:
             if policy.fail_closed:
                 _log.error(
@@ -149,11 +205,21 @@ class RateLimiter:
         )
         raise RateLimitedError(retry_after, f"rate limit exceeded ({policy_name})")
 
+    def _sweep(self) -> None:
+        """Drop expired in-memory counters, in the loop's executor (one hop for all keys)."""
+        self._next_sweep = time.monotonic() + SWEEP_S
+        if self._sweeping is not None and not self._sweeping.done():
+            return
+        loop = asyncio.get_running_loop()
+        self._sweeping = loop.run_in_executor(None, self._sweep_memory)
+
+    def _sweep_memory(self) -> None:
+        for storage in self._memory:
+            storage.sweep()
+
     async def close(self) -> None:
-        for storage in (self._local_storage, self._shared_storage):
-            timer = getattr(storage, "timer", None)
-            if isinstance(timer, asyncio.Task):
-                timer.cancel()
+        if self._sweeping is not None:
+            await asyncio.shield(self._sweeping)
         bridge = getattr(self._shared_storage, "bridge", None)
         client = getattr(bridge, "storage", None)
         aclose = getattr(client, "aclose", None)

@@ -26,6 +26,24 @@ class Tx(Protocol):
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
+    async def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+        *,
+        skip_duplicates_of: str,
+    ) -> None:
+        """Insert ``rows`` (values in ``columns`` order; each column is ``(name, SQL type)``)
+        into ``table``, skipping rows whose ``skip_duplicates_of`` value is already stored.
+
+        Postgres sends the whole batch as one statement (one array per column, ``unnest``):
+        one parse, one plan, one round trip, however many rows. SQLite runs one prepared
+        ``INSERT`` per row inside its thread. ``table`` and the column names are the
+        repository's constants, never input.
+        """
+        ...
+
     async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...

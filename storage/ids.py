@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-import uuid
+
+_BATCH = 256  # ids drawn from one os.urandom call
+_VARIANT = "89ab" * 4  # RFC 4122 variant: the high two bits of clock_seq_hi are 10
+_pending = threading.local()
+
+
+def _draw() -> list[str]:
+    """``_BATCH`` random (version 4, RFC 4122) UUIDs as strings, from one system call.
+
+    ``str(uuid.uuid4())`` costs a system call and a UUID object per id (~5 µs here), once per
+    published message; this is the same format, with the same randomness, at ~1.5 µs.
+    """
+    h = os.urandom(16 * _BATCH).hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+        f"{_VARIANT[int(h[i + 16], 16)]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, len(h), 32)
+    ]
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random UUID (version 4) string. Each thread draws its own ids; a forked child
+    starts afresh, so it never reuses ids its parent drew."""
+    try:
+        ids: list[str] = _pending.ids
+        return ids.pop()
+    except (AttributeError, IndexError):
+        _pending.ids = ids = _draw()
+        return ids.pop()
+
+
+def _forget_drawn() -> None:
+    global _pending
+    _pending = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_drawn)
 
 
 def now_ms() -> int:

@@ -17,6 +17,20 @@ from storage.scope import TenantScope
 
 _log = logging.getLogger("baychat.messages")
 
+# The columns a batch insert writes, in row order, with their SQL types (Postgres sends each
+# column as one typed array).
+_COLUMNS = (
+    ("tenant_id", "text"),
+    ("channel_id", "text"),
+    ("seq", "bigint"),
+    ("id", "text"),
+    ("sender_id", "text"),
+    ("client_msg_id", "text"),
+    ("key_version", "integer"),
+    ("envelope", "bytea"),
+    ("sent_at", "bigint"),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
@@ -69,12 +83,7 @@ class Messages:
         async with self._engine.transaction("messages_insert_batch", write=True) as tx:
             for tenant_id, rows in rows_by_tenant:
                 await tx.set_tenant(tenant_id)
-                await tx.executemany(
-                    "INSERT INTO messages (tenant_id, channel_id, seq, id, sender_id,"
-                    " client_msg_id, key_version, envelope, sent_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
-                    rows,
-                )
+                await tx.insert_rows("messages", _COLUMNS, rows, skip_duplicates_of="id")
 
     def _decrypt(self, scope: TenantScope, channel: str, row: Row) -> Message:
         scope.check(row)

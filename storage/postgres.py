@@ -96,6 +96,29 @@ class _PostgresTx:
             with _translated:
                 await self._conn.executemany(sql, rows)
 
+    async def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+        *,
+        skip_duplicates_of: str,
+    ) -> None:
+        # One statement whatever the batch size: each column travels as one array (binary
+        # protocol) and unnest() turns them back into rows. Unlike COPY it keeps ON CONFLICT
+        # (a replayed batch is skipped, not an error) and needs no temporary table, which
+        # the application role may not create. Row-level security checks every row.
+        if not rows:
+            return
+        names = ", ".join(name for name, _ in columns)
+        arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
+        sql = (
+            f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608 - constants
+            f" ON CONFLICT ({skip_duplicates_of}) DO NOTHING"
+        )
+        with _translated:
+            await self._conn.execute(sql, *(list(column) for column in zip(*rows, strict=True)))
+
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         with _translated:
             rows: list[Row] = await self._conn.fetch(sql, *args)

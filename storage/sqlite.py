@@ -45,6 +45,21 @@ class _SQLiteTx:
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self._conn.executemany(_translate(sql), rows)
 
+    async def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+        *,
+        skip_duplicates_of: str,
+    ) -> None:
+        if not rows:
+            return
+        names = ", ".join(name for name, _ in columns)
+        params = ", ".join(f"?{i}" for i in range(1, len(columns) + 1))
+        sql = f"INSERT INTO {table} ({names}) VALUES ({params})"  # noqa: S608 - constants
+        await self._conn.executemany(f"{sql} ON CONFLICT ({skip_duplicates_of}) DO NOTHING", rows)
+
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with self._conn.execute(_translate(sql), args) as cursor:
             return list(await cursor.fetchall())  # type: ignore[arg-type]

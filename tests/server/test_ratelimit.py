@@ -8,6 +8,7 @@ addresses (``X-Forwarded-For``) and its own accounts and never shares a counter 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from limits.storage import MemoryStorage
 from websockets.asyncio.client import ClientConnection
 
 from protocol.codes import CloseCode
@@ -262,6 +264,74 @@ async def test_every_policy_is_configurable_and_enforced(tmp_path: Path) -> None
             await limiter.hit(name, "another key")
     finally:
         await limiter.close()
+
+
+async def test_shared_budgets_are_a_moving_window_not_a_fixed_one(tmp_path: Path) -> None:
+    """2 per second: hits at 0 s and 0.6 s; at 1.2 s the first has left the window, so one
+    more is allowed and a second is not (a fixed window starting at 1.0 s would allow both)."""
+    limiter = RateLimiter(make_settings(tmp_path, rate_publish_user="2/second"))
+    try:
+        await limiter.hit("publish_user", "t", "user", "u")
+        await asyncio.sleep(0.6)
+        await limiter.hit("publish_user", "t", "user", "u")
+        with pytest.raises(RateLimitedError):
+            await limiter.hit("publish_user", "t", "user", "u")
+        await asyncio.sleep(0.6)
+        await limiter.hit("publish_user", "t", "user", "u")
+        with pytest.raises(RateLimitedError) as refused:
+            await limiter.hit("publish_user", "t", "user", "u")
+        assert refused.value.retry_after == 1.0  # rounded up to the documented minimum
+    finally:
+        await limiter.close()
+
+
+async def test_per_connection_budgets_are_a_fixed_window(tmp_path: Path) -> None:
+    """2 per second from the first hit: after the window ends both units are back at once."""
+    limiter = RateLimiter(make_settings(tmp_path, rate_publish_connection="2/second"))
+    try:
+        for _ in range(2):
+            await limiter.hit("publish_connection", "c")
+        with pytest.raises(RateLimitedError):
+            await limiter.hit("publish_connection", "c")
+        await asyncio.sleep(1.1)
+        for _ in range(2):
+            await limiter.hit("publish_connection", "c")
+    finally:
+        await limiter.close()
+
+
+async def test_memory_counters_are_checked_without_suspending(tmp_path: Path) -> None:
+    """In memory a hit completes in the calling step: no await of a lock, a task or a
+    thread (the hot path runs it three times per published message)."""
+    limiter = RateLimiter(make_settings(tmp_path))
+    try:
+        for policy, key in (("ws_frames", ("c",)), ("publish_user", ("t", "user", "u"))):
+            step = limiter.hit(policy, *key)
+            with pytest.raises(StopIteration):
+                step.send(None)
+    finally:
+        await limiter.close()
+
+
+async def test_expired_memory_counters_are_swept(tmp_path: Path) -> None:
+    """Memory does not grow with the keys ever seen: once their window has passed, the
+    periodic sweep (started by a later hit) drops them."""
+    limiter = RateLimiter(
+        make_settings(tmp_path, rate_publish_user="5/second", rate_ws_frames="5/second")
+    )
+    try:
+        for i in range(100):
+            await limiter.hit("publish_user", "t", "user", f"u{i}")
+            await limiter.hit("ws_frames", f"c{i}")
+        shared, local = limiter._shared_storage, limiter._local_storage
+        assert isinstance(shared, MemoryStorage)
+        assert (len(shared.events), len(local.storage)) == (100, 100)
+        await asyncio.sleep(1.2)  # both windows over, and the next sweep is due
+        await limiter.hit("publish_user", "t", "user", "late")
+    finally:
+        await limiter.close()  # waits for the sweep in progress
+    assert list(shared.events) == ["LIMITER/publish_user/t/user/late/5/1/second"]
+    assert len(local.storage) == 0
 
 
 async def test_a_bad_rate_setting_fails_at_start(tmp_path: Path) -> None:

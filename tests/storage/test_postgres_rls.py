@@ -216,6 +216,40 @@ async def test_tenant_a_cannot_write_a_row_for_tenant_b(
     assert await as_tenant(app, pair.a, plant, pair.a, new_id()) == "INSERT 0 1"
 
 
+async def test_the_batch_insert_is_held_to_the_tenant_set_for_it(
+    db: PostgresDatabase, pair: Pair
+) -> None:
+    """The worker's one-statement batch insert (unnest) passes through row-level security
+    row by row: a row of tenant B in a group written with tenant A set is refused, and the
+    whole transaction with it."""
+    engine = PostgresEngine(db.app_url)
+    await engine.open()
+    try:
+        async with engine.transaction("test_seed", tenant_id=pair.b) as tx:
+            channel_b = await tx.fetchval("SELECT id FROM channels LIMIT 1")
+        columns = (("tenant_id", "text"), ("channel_id", "text"), ("seq", "bigint"))
+        columns += (("id", "text"), ("sender_id", "text"), ("client_msg_id", "text"))
+        columns += (("key_version", "integer"), ("envelope", "bytea"), ("sent_at", "bigint"))
+
+        def row(seq: int) -> tuple[object, ...]:
+            return (pair.b, channel_b, seq, new_id(), "x", None, 1, b"\x01", now_ms())
+
+        async def two_groups() -> None:
+            async with engine.transaction("test_planted", write=True) as tx:
+                await tx.set_tenant(pair.b)
+                await tx.insert_rows("messages", columns, [row(100)], skip_duplicates_of="id")
+                await tx.set_tenant(pair.a)
+                await tx.insert_rows("messages", columns, [row(101)], skip_duplicates_of="id")
+
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            await two_groups()
+        async with engine.transaction("test_count", tenant_id=pair.b) as tx:
+            stored = await tx.fetchval("SELECT count(*) FROM messages WHERE seq >= 100")
+        assert stored == 0  # the allowed group was rolled back with the refused one
+    finally:
+        await engine.close()
+
+
 async def test_no_tenant_set_sees_no_rows(pair: Pair, app: asyncpg.Connection) -> None:
     async with app.transaction():
         for table in TENANT_TABLES:

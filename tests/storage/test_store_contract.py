@@ -16,6 +16,7 @@ import pytest
 from protocol.codes import ErrorCode
 from protocol.errors import AuthError, ConflictError, NotFoundError, TenantIsolationError
 from server.auth.authority import scope_for_login, scope_for_operator, scope_for_system
+from storage.crypto import DecryptionError
 from storage.ids import new_id, now_ms
 from storage.models import Channel, Message, Tenant, User
 from storage.scope import TenantScope
@@ -207,6 +208,33 @@ async def test_one_batch_for_several_tenants_lands_in_each(store: Store) -> None
     in_b = await store.messages.after(b.scope, b.channel.id, "general", 0, 10)
     assert [m.body for m in in_a] == ["for a", "a again"]
     assert [m.body for m in in_b] == ["for b"]
+
+
+async def test_a_batch_spanning_tenants_is_sealed_under_each_tenants_key(store: Store) -> None:
+    """One worker batch, interleaved tenants, duplicates inside it and of stored rows: every
+    message lands once, in its own tenant, encrypted under that tenant's key only."""
+    a, b = await side(store), await side(store)
+    early = message(a, 1, "a1")
+    await write(store, early)
+    batch = [early]  # already stored: skipped
+    for seq in range(2, 302):
+        batch.append(message(a, seq, f"a{seq}", client_msg_id=f"c{seq}" if seq % 3 else None))
+        batch.append(message(b, seq - 1, f"b{seq - 1}"))
+    batch.append(batch[5])  # the same entry twice in one batch (a redelivered log entry)
+    await write(store, *batch)
+
+    in_a = await store.messages.after(a.scope, a.channel.id, "general", 0, 1000)
+    in_b = await store.messages.after(b.scope, b.channel.id, "general", 0, 1000)
+    assert [m.seq for m in in_a] == list(range(1, 302))
+    assert [m.seq for m in in_b] == list(range(1, 301))
+    assert [m.body for m in in_a] == [f"a{seq}" for seq in range(1, 302)]
+    assert in_a[4].client_msg_id == "c5"
+    assert in_a[5].client_msg_id is None
+    async with store.engine.transaction("test_raw_envelope", tenant_id=b.tenant.id) as tx:
+        envelope = await tx.fetchval("SELECT envelope FROM messages WHERE id = $1", in_b[0].id)
+    assert store.cipher.decrypt(b.tenant.id, b.channel.id, in_b[0].id, envelope) == b"b1"
+    with pytest.raises(DecryptionError):  # A's key does not open B's message
+        store.cipher.decrypt(a.tenant.id, b.channel.id, in_b[0].id, envelope)
 
 
 async def test_a_batch_entry_under_a_foreign_scope_is_refused(store: Store) -> None:
