@@ -115,8 +115,12 @@ def worker(workers: int, http_port: int | None, http_host: str) -> None:
     log_config = logging_config(settings.log_format, settings.log_level)
     logging.config.dictConfig(log_config)
     http = (http_host, http_port) if http_port is not None else None
+    # The loop `baychat serve` gets from uvicorn (its socket I/O to Postgres and Redis is
+    # most of a worker's time).
+    import uvloop
+
     try:
-        asyncio.run(run_workers(settings, workers, http=http, log_config=log_config))
+        uvloop.run(run_workers(settings, workers, http=http, log_config=log_config))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
