@@ -110,7 +110,27 @@ class _Flag:
                 self._waiter = None
 
 
-class AsgiSocketProtocol(WebSocketsSansIOProtocol):
+class _FrameWrites:
+    """The writing half of ``server.transport.FrameSink``, the same for both protocols."""
+
+    __slots__ = ()
+    transport: asyncio.Transport
+    close_sent: bool
+    disconnected: bool
+
+    def write_frames(self, data: bytes) -> bool:
+        """Write whole, already framed WebSocket frames; False once closing or closed."""
+        if self.close_sent or self.disconnected:
+            return False
+        self.transport.write(data)
+        return True
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        return self.transport.get_write_buffer_size()
+
+
+class AsgiSocketProtocol(_FrameWrites, WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, exposing a direct frame sink to the app, and
     keeping less per connection. ``SocketProtocol`` hands it every upgrade that is not the
     gateway's own ``/ws`` (other paths, or an app without a ``DirectGateway``)."""
@@ -133,17 +153,6 @@ class AsgiSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][EXTENSION] = self
 
     # -- the sink the gateway's DirectTransport writes to ---------------------------------
-
-    def write_frames(self, data: bytes) -> bool:
-        """Write whole, already framed WebSocket frames; False once closing or closed."""
-        if self.close_sent or self.disconnected:
-            return False
-        self.transport.write(data)
-        return True
-
-    def buffered(self) -> int:
-        """Bytes written but not yet taken by the kernel."""
-        return self.transport.get_write_buffer_size()
 
     def close_now(self, code: int, reason: str) -> None:
         """Start the closing handshake without waiting for the write buffer to drain (a
@@ -200,7 +209,7 @@ def _handler_of(config: Config) -> DirectHandler | None:
     return handler
 
 
-class SocketProtocol(asyncio.Protocol):
+class SocketProtocol(_FrameWrites, asyncio.Protocol):
     """The protocol uvicorn hands every WebSocket upgrade to (its ``ws=`` class).
 
     ``/ws`` does not go through ASGI: the handshake is parsed and answered with the
@@ -570,17 +579,6 @@ class SocketProtocol(asyncio.Protocol):
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(b"".join(data))
-
-    def write_frames(self, data: bytes) -> bool:
-        """Write whole, already framed WebSocket frames; False once closing or closed."""
-        if self.close_sent or self.disconnected:
-            return False
-        self.transport.write(data)
-        return True
-
-    def buffered(self) -> int:
-        """Bytes written but not yet taken by the kernel."""
-        return self.transport.get_write_buffer_size()
 
     def close_now(self, code: int, reason: str) -> None:
         """Start the closing handshake without waiting for the write buffer to drain (a
