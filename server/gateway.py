@@ -37,7 +37,7 @@ from protocol.errors import (
     RateLimitedError,
 )
 from server import metrics
-from server.api.http import bearer_token, client_ip, error_response, request_id
+from server.api.http import bearer_of, bearer_token, client_ip, error_response, request_id
 from server.auth.principal import NEVER, Principal
 from server.config import Settings
 from server.connection import Connection, Subscription
@@ -221,7 +221,7 @@ class DirectGateway:
             socket.respond(response)  # not a valid upgrade: websockets' 400 says why
             return None
         origin = _header(headers, "Origin")
-        bearer = _bearer(_header(headers, "Authorization") or "")
+        bearer = bearer_of(_header(headers, "Authorization") or "")
         refusal = _handshake_refusal(self.origins, origin, bearer is not None)
         if refusal is not None:
             exc, why = refusal
@@ -254,13 +254,6 @@ class DirectGateway:
         out["Connection"] = "close"
         status = answer.status_code
         return Response(status, HTTPStatus(status).phrase, out, bytes(answer.body))
-
-
-def _bearer(authorization: str) -> str | None:
-    """The bearer token of an Authorization header value (as ``bearer_token``)."""
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
 
 
 class ClientSession:

@@ -63,7 +63,9 @@ class _SweptMemoryStorage(MemoryStorage):
         self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
         # The pass empties a moving window's list but keeps the key; drop it, under the
         # key's lock (a hit holds it from reading the list to inserting into it).
-        for key in [k for k, entries in self.events.items() if not entries]:
+        # list() copies the items in one C call: the loop thread may add keys meanwhile, and
+        # iterating the live dict from this thread could fail mid-way.
+        for key in [k for k, entries in list(self.events.items()) if not entries]:
             with self.locks[key]:
                 if not self.events.get(key):
                     self.events.pop(key, None)

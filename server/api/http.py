@@ -119,7 +119,12 @@ async def read_body(request: Request, schema: type[T]) -> T:
 
 def bearer_token(request: HTTPConnection) -> str | None:
     """The bearer token of the Authorization header. Cookies are never credentials."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return bearer_of(request.headers.get("authorization", ""))
+
+
+def bearer_of(authorization: str) -> str | None:
+    """The token of an ``Authorization`` header value, if its scheme is Bearer."""
+    scheme, _, token = authorization.partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
 
