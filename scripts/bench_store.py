@@ -91,11 +91,16 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         log = BacklogLog(entries)
         worker = PersistenceWorker(log, store, scope_for_system, max_batch=args.batch)
         worker.stop()  # run() returns once the log is empty
-        db_cpu = _cpu_seconds(backends)
+        db_cpu_before = _cpu_seconds(backends)
         cpu, wall = time.process_time(), time.perf_counter()
         await worker.run()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        db_cpu = _cpu_seconds(backends) - db_cpu
+        # The pool may have opened connections during the run (one per write lane): their
+        # whole CPU time counts, the older ones' from the start.
+        after = await _backends(store)
+        db_cpu = sum(_cpu_seconds(after).values()) - sum(
+            seconds for pid, seconds in db_cpu_before.items() if pid in after
+        )
         stored = 0
         for tenant_id, channel_id, _ in channels:
             async with store.engine.transaction("bench_count", tenant_id=tenant_id) as tx:
@@ -136,13 +141,14 @@ def _is_local(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").exists()
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of local processes, from /proc."""
-    total = 0
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each local process, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-    return total / os.sysconf("SC_CLK_TCK")
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return seconds
 
 
 def main() -> None:

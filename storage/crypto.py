@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -80,6 +81,24 @@ class MessageCipher:
             nonce, plaintext, self._aad(tenant_id, channel_id, message_id, version)
         )
         return version, _HEADER.pack(FORMAT_VERSION, version) + nonce + sealed
+
+    def encrypt_many(
+        self, tenant_id: str, items: Sequence[tuple[str, str, bytes]]
+    ) -> tuple[int, list[bytes]]:
+        """``encrypt`` for many ``(channel_id, message_id, plaintext)`` of one tenant, under
+        one key version. The same envelopes; the nonces come from one ``os.urandom`` call
+        (a system call per message was a tenth of the persistence worker's CPU)."""
+        version = self.keyring.active
+        aead = self._cipher(tenant_id, version)
+        nonces = os.urandom(_NONCE_BYTES * len(items))
+        header = _HEADER.pack(FORMAT_VERSION, version)
+        prefix, suffix = f"baychat/v1|{tenant_id}|", f"|{version}"
+        envelopes = []
+        for i, (channel_id, message_id, plaintext) in enumerate(items):
+            nonce = nonces[i * _NONCE_BYTES : (i + 1) * _NONCE_BYTES]
+            aad = f"{prefix}{channel_id}|{message_id}{suffix}".encode()
+            envelopes.append(header + nonce + aead.encrypt(nonce, plaintext, aad))
+        return version, envelopes
 
     def decrypt(self, tenant_id: str, channel_id: str, message_id: str, envelope: bytes) -> bytes:
         if len(envelope) < _HEADER.size + _NONCE_BYTES + 16:

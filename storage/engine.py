@@ -57,6 +57,9 @@ class Tx(Protocol):
 
 class Engine(Protocol):
     dialect: Dialect
+    # How many write transactions a bulk writer may run at once (the persistence worker's
+    # lanes): 1 where writers are serialised anyway (SQLite).
+    write_lanes: int
 
     async def open(self) -> None: ...
 

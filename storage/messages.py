@@ -5,6 +5,7 @@ Only this module sees envelopes. Writes are idempotent on message id; reads are 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ _COLUMNS = (
 )
 
 
+# Rows encrypted before their insert is sent: small enough that one lane's encryption
+# overlaps another lane's insert, large enough that a statement's fixed cost stays small.
+_CHUNK = 250
+
+
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
     sender_id: str
@@ -47,43 +53,82 @@ class Messages:
         self._cipher = cipher
 
     async def insert_batch(self, batch: Sequence[tuple[TenantScope, Message]]) -> None:
-        """Encrypt and write a batch in one transaction. Rows whose id is already stored are
-        skipped, so a batch replayed after a crash writes each message exactly once."""
-        rows_by_tenant: list[tuple[str, list[tuple[object, ...]]]] = []
-        ordered = sorted(batch, key=lambda item: item[0].tenant_id)
-        for tenant_id, group in groupby(ordered, key=lambda item: item[0].tenant_id):
-            if not self._cipher.keystore.has(tenant_id):
-                # A deleted tenant (key material destroyed first, rows purged next): its
-                # messages still in flight are dropped, not retried forever.
-                _log.warning(
-                    "dropping messages of a deleted tenant", extra={"tenant_id": tenant_id}
-                )
-                continue
-            rows: list[tuple[object, ...]] = []
-            for scope, message in group:
-                if message.tenant_id != scope.tenant_id:
-                    scope.check({"tenant_id": message.tenant_id})
-                version, envelope = self._cipher.encrypt(
-                    message.tenant_id, message.channel_id, message.id, message.body.encode()
-                )
-                rows.append(
-                    (
-                        message.tenant_id,
-                        message.channel_id,
-                        message.seq,
-                        message.id,
-                        message.sender_id,
-                        message.client_msg_id,
-                        version,
-                        envelope,
-                        message.sent_at,
+        """Encrypt and write a batch. Rows whose id is already stored are skipped, so a batch
+        replayed after a crash writes each message exactly once.
+
+        The channels are shared out among the engine's write lanes (one transaction each,
+        run concurrently), a channel wholly in one lane, so each channel's messages still
+        commit in order and together; the caller acknowledges only after every lane has
+        committed. Each lane encrypts a chunk while the other lanes' inserts run in the
+        database, so the Python and database work use more than one core. A failed lane
+        fails the batch; the lanes that committed are skipped on replay.
+        """
+        by_channel: dict[str, list[Message]] = {}
+        for scope, message in batch:
+            if message.tenant_id != scope.tenant_id:
+                scope.check({"tenant_id": message.tenant_id})
+            by_channel.setdefault(message.channel_id, []).append(message)
+        live: dict[str, bool] = {}
+        lanes: list[list[list[Message]]] = [[] for _ in range(max(1, self._engine.write_lanes))]
+        sizes = [0] * len(lanes)
+        for messages in sorted(by_channel.values(), key=len, reverse=True):
+            tenant_id = messages[0].tenant_id
+            if tenant_id not in live:
+                live[tenant_id] = self._cipher.keystore.has(tenant_id)
+                if not live[tenant_id]:
+                    # A deleted tenant (key material destroyed first, rows purged next): its
+                    # messages still in flight are dropped, not retried forever.
+                    _log.warning(
+                        "dropping messages of a deleted tenant", extra={"tenant_id": tenant_id}
                     )
-                )
-            rows_by_tenant.append((tenant_id, rows))
+            if live[tenant_id]:
+                lane = sizes.index(min(sizes))
+                lanes[lane].append(messages)
+                sizes[lane] += len(messages)
+        results = await asyncio.gather(
+            *(self._write_lane(channels) for channels in lanes if channels),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _write_lane(self, channels: list[list[Message]]) -> None:
+        chunks: list[tuple[str, list[Message]]] = []
+        for tenant_id, group in groupby(
+            sorted(channels, key=lambda messages: messages[0].tenant_id),
+            key=lambda messages: messages[0].tenant_id,
+        ):
+            rows = [message for messages in group for message in messages]
+            chunks.extend((tenant_id, rows[i : i + _CHUNK]) for i in range(0, len(rows), _CHUNK))
         async with self._engine.transaction("messages_insert_batch", write=True) as tx:
-            for tenant_id, rows in rows_by_tenant:
-                await tx.set_tenant(tenant_id)
-                await tx.insert_rows("messages", _COLUMNS, rows, skip_duplicates_of="id")
+            tenant: str | None = None
+            for tenant_id, messages in chunks:
+                version, envelopes = self._cipher.encrypt_many(
+                    tenant_id, [(m.channel_id, m.id, m.body.encode()) for m in messages]
+                )
+                if tenant_id != tenant:
+                    await tx.set_tenant(tenant_id)
+                    tenant = tenant_id
+                await tx.insert_rows(
+                    "messages",
+                    _COLUMNS,
+                    [
+                        (
+                            m.tenant_id,
+                            m.channel_id,
+                            m.seq,
+                            m.id,
+                            m.sender_id,
+                            m.client_msg_id,
+                            version,
+                            envelope,
+                            m.sent_at,
+                        )
+                        for m, envelope in zip(messages, envelopes, strict=True)
+                    ],
+                    skip_duplicates_of="id",
+                )
 
     def _decrypt(self, scope: TenantScope, channel: str, row: Row) -> Message:
         scope.check(row)

@@ -145,8 +145,14 @@ class PostgresEngine:
 
     dialect: Dialect = "postgres"
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 10, write_lanes: int = 2
+    ) -> None:
         self.url = url
+        # Bulk writes (the persistence worker) run this many transactions at once: a
+        # backend's per-row work (constraints, indexes, WAL) is the bulk of a batch's cost,
+        # so two backends use two cores. More lanes than cores only interleave.
+        self.write_lanes = min(write_lanes, max_size)
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None

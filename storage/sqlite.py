@@ -79,6 +79,7 @@ class _SQLiteTx:
 
 class SQLiteEngine:
     dialect: Dialect = "sqlite"
+    write_lanes = 1  # one writer connection: concurrent writes would only queue
 
     def __init__(self, url: str) -> None:
         self.path = sqlite_path(url)

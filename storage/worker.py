@@ -84,9 +84,15 @@ class PersistenceWorker:
     async def persist(self, entries: Sequence[LogEntry]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await self._store.messages.insert_batch(
-            [(self._scope_for(e.message.tenant_id), e.message) for e in entries]
-        )
+        scopes: dict[str, TenantScope] = {}
+        batch = []
+        for entry in entries:
+            tenant_id = entry.message.tenant_id
+            scope = scopes.get(tenant_id)
+            if scope is None:
+                scope = scopes[tenant_id] = self._scope_for(tenant_id)
+            batch.append((scope, entry.message))
+        await self._store.messages.insert_batch(batch)
         await self._log.done(entries)
         if self._on_batch is not None:
             self._on_batch(len(entries), loop.time() - started)

@@ -90,3 +90,15 @@ def test_secret_files_are_private(tmp_path: Path) -> None:
         MasterKeyring.load_or_create(ring_path).keys
         == MasterKeyring.from_json(ring_path.read_bytes()).keys
     )
+
+
+def test_encrypt_many_makes_the_envelopes_encrypt_makes(cipher: MessageCipher) -> None:
+    items = [("ch", f"m{i}", f"body {i}".encode()) for i in range(300)]
+    version, envelopes = cipher.encrypt_many("tenant-a", items)
+    assert version == cipher.keyring.active
+    assert len({e[5:17] for e in envelopes}) == len(items)  # a fresh nonce each
+    for (channel, message_id, body), envelope in zip(items, envelopes, strict=True):
+        assert cipher.decrypt("tenant-a", channel, message_id, envelope) == body
+        assert MessageCipher.key_version_of(envelope) == version
+    with pytest.raises(DecryptionError):  # bound to its own message id
+        cipher.decrypt("tenant-a", "ch", "m1", envelopes[0])
