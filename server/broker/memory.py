@@ -83,7 +83,9 @@ class MemoryBroker:
         return state
 
     async def publish(self, draft: Draft) -> Published:
-        state = await self._state(draft.tenant_id, draft.channel_id)
+        state = self._channels.get((draft.tenant_id, draft.channel_id)) or await self._state(
+            draft.tenant_id, draft.channel_id
+        )
         if draft.client_msg_id is not None:
             original = state.keys.get((draft.sender_id, draft.client_msg_id))
             if original is not None:
