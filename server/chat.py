@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Literal
 
 from protocol.errors import ForbiddenError, NotFoundError
@@ -79,10 +80,11 @@ class Chat:
         for key in [k for k in self._known if k[0] == tenant_id]:
             del self._known[key]
 
-    async def publish(
+    def publish(
         self, principal: Principal, channel: Channel, body: str, client_msg_id: str | None
-    ) -> Published:
-        return await self.broker.publish(
+    ) -> Awaitable[Published]:
+        # Not a coroutine of its own: one frame less per published message.
+        return self.broker.publish(
             Draft(
                 tenant_id=principal.tenant_id,
                 channel_id=channel.id,
