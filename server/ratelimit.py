@@ -41,6 +41,7 @@ from limits import RateLimitItem, parse, strategies
 from limits.aio import strategies as aio_strategies
 from limits.aio.storage import RedisStorage
 from limits.storage import MemoryStorage
+from limits.storage.memory import Entry
 
 from protocol.errors import RateLimitedError, UnavailableError
 from server.config import Settings
@@ -61,6 +62,19 @@ class _SweptMemoryStorage(MemoryStorage):
     def _MemoryStorage__schedule_expiry(self) -> None:  # the library's per-hit timer
         return None
 
+    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """The library's moving-window hit, without the ``IndexError`` it raises and catches
+        on every hit while fewer than ``limit`` entries are in the list."""
+        if amount > limit:
+            return False
+        with self.locks[key]:
+            events = self.events.setdefault(key, [])
+            at = limit - amount
+            if len(events) > at and events[at].atime >= time.time() - expiry:
+                return False
+            events[:0] = [Entry(expiry)] * amount
+            return True
+
     def sweep(self) -> None:
         self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
         # The pass empties a moving window's list but keeps the key; drop it, under the
@@ -72,6 +86,12 @@ class _SweptMemoryStorage(MemoryStorage):
                 if not self.events.get(key):
                     self.events.pop(key, None)
                     self.locks.pop(key, None)
+
+
+# ``limits`` wraps a storage's methods in an error translator once per class it is defined
+# on, so a subclass's calls went through two (and ``incr`` calls ``get``): keep one.
+for _name in ("incr", "get", "get_expiry", "clear", "get_moving_window"):
+    setattr(_SweptMemoryStorage, _name, getattr(MemoryStorage, _name))
 
 
 @dataclass(frozen=True, slots=True)
