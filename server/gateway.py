@@ -39,12 +39,14 @@ from protocol.errors import (
 from server import metrics
 from server.api.http import bearer_of, bearer_token, client_ip, error_response, request_id
 from server.auth.principal import NEVER, Principal
+from server.chat import Action
 from server.config import Settings
 from server.connection import Connection, Subscription
 from server.logs import bind
 from server.middleware import REQUEST_ID, SECURITY_HEADERS
 from server.origins import OriginPolicy
 from server.proxies import TrustedProxies
+from server.ratelimit import Budget
 from server.transport import AsgiTransport, DirectTransport, SessionTransport
 from server.wsprotocol import EXTENSION
 from storage.models import Channel, Message
@@ -260,6 +262,7 @@ class ClientSession:
     __slots__ = (
         "_auth_request_id",
         "_bearer",
+        "_budgets",
         "_expiry",
         "_last_typing",
         "_receive",
@@ -288,6 +291,7 @@ class ClientSession:
         self._recheck: asyncio.Task[None] | None = None
         self._last_typing: dict[str, float] | None = None  # made on the first typing frame
         self._strikes = 0  # rate-limited frames in a row
+        self._budgets: tuple[Budget, Budget, Budget] | None = None
         self._auth_request_id: f.RequestId | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -377,7 +381,10 @@ class ClientSession:
                 return
             request_id: f.RequestId | None = None
             try:
-                await self._limit("ws_frames", self._conn_key)
+                budgets = self._budgets or self._make_budgets()
+                # In memory a check is decided at once; a Redis counter is awaited.
+                if (pending := budgets[0].check()) is not None:
+                    await pending
                 if isinstance(raw, bytes):
                     raise ProtocolError("binary frames are not part of protocol v1")
                 frame = decode_client_frame(raw)
@@ -385,10 +392,15 @@ class ClientSession:
                 metrics.frame_in(str(frame.__struct_config__.tag))
                 await self._recheck_principal()
                 if isinstance(frame, f.Publish):
-                    await self._limit("publish_connection", self._conn_key)
-                    await self._limit("publish_user", self._user_key)
+                    if (pending := budgets[1].check()) is not None:
+                        await pending
+                    if (pending := budgets[2].check()) is not None:
+                        await pending
                 self._strikes = 0
-                await self._dispatch(frame)
+                if isinstance(frame, f.Publish):  # the hot path, without the dispatch step
+                    await self._publish(frame)
+                else:
+                    await self._dispatch(frame)
             except RateLimitedError as exc:
                 self._strikes += 1
                 self._error(exc, request_id)
@@ -436,18 +448,21 @@ class ClientSession:
 
     # -- helpers ------------------------------------------------------------------------
 
-    @property
-    def _conn_key(self) -> tuple[str, ...]:
-        assert self.conn is not None
-        return (self.conn.id,)
-
-    @property
-    def _user_key(self) -> tuple[str, ...]:
-        principal = self.principal
-        return (principal.tenant_id, principal.kind, principal.id)
-
-    async def _limit(self, policy: str, key: tuple[str, ...]) -> None:
-        await self.runtime.limiter.hit(policy, *key)
+    def _make_budgets(self) -> tuple[Budget, Budget, Budget]:
+        """The budgets every frame is checked against (``ws_frames``) and every publish
+        (``publish_connection``, ``publish_user``), made on the first frame: an idle
+        connection never holds them. The user key never changes: a refresh keeps the
+        identity."""
+        conn = self.conn
+        assert conn is not None
+        limiter = self.runtime.limiter
+        principal = conn.principal
+        self._budgets = (
+            limiter.budget("ws_frames", conn.id),
+            limiter.budget("publish_connection", conn.id),
+            limiter.budget("publish_user", principal.tenant_id, principal.kind, principal.id),
+        )
+        return self._budgets
 
     def _send(self, frame: f.ServerFrame) -> None:
         metrics.frame_out(str(frame.__struct_config__.tag))
@@ -516,8 +531,8 @@ class ClientSession:
         assert self.conn is not None
         return self.conn.principal
 
-    async def _channel(self, name: str, action: str) -> Channel:
-        return await self.runtime.chat.channel(self.principal, name, action)  # type: ignore[arg-type]
+    def _channel(self, name: str, action: Action) -> Awaitable[Channel]:
+        return self.runtime.chat.channel(self.principal, name, action)
 
     async def _presence(self, conn: Connection, channel_id: str, *, joined: bool) -> None:
         sub = conn.subscriptions.get(channel_id)

@@ -9,7 +9,6 @@ back, so a seq seen by a client is never reused after a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ class MemoryBroker:
         # Entries handed to the worker and not yet done: handed out again on the next read,
         # so a failed batch is retried rather than lost (one consumer per process).
         self._inflight: list[LogEntry] = []
+        self._reader: asyncio.Future[None] | None = None  # the worker waiting in ``read``
 
     async def start(self, handler: BrokerHandler) -> None:
         self._handler = handler
@@ -83,7 +83,9 @@ class MemoryBroker:
         return state
 
     async def publish(self, draft: Draft) -> Published:
-        state = await self._state(draft.tenant_id, draft.channel_id)
+        state = self._channels.get((draft.tenant_id, draft.channel_id)) or await self._state(
+            draft.tenant_id, draft.channel_id
+        )
         if draft.client_msg_id is not None:
             original = state.keys.get((draft.sender_id, draft.client_msg_id))
             if original is not None:
@@ -113,6 +115,9 @@ class MemoryBroker:
             # Backpressure: the publisher waits for the worker; order is kept because
             # nothing else can enqueue for this channel with a lower seq afterwards.
             await self._log.put(entry)
+        reader = self._reader
+        if reader is not None:
+            _wake(reader)
         return Published(message, False, False)
 
     async def subscribe(self, tenant_id: str, channel_id: str) -> None:
@@ -149,12 +154,22 @@ class MemoryBroker:
     async def read(self, max_count: int, block_ms: int) -> list[LogEntry]:
         if self._inflight:
             return list(self._inflight)
-        batch: list[LogEntry] = []
-        with contextlib.suppress(TimeoutError):
-            batch.append(await asyncio.wait_for(self._log.get(), block_ms / 1000))
-        while batch and len(batch) < max_count:
+        log = self._log
+        if log.empty():
+            # One future and one timer per wait, woken by ``publish``: ``wait_for`` on
+            # ``Queue.get`` made a task per batch, and at low rates a batch is a message.
+            loop = asyncio.get_running_loop()
+            waiter = self._reader = loop.create_future()
+            timer = loop.call_later(block_ms / 1000, _wake, waiter)
             try:
-                batch.append(self._log.get_nowait())
+                await waiter
+            finally:
+                timer.cancel()
+                self._reader = None
+        batch: list[LogEntry] = []
+        while len(batch) < max_count:
+            try:
+                batch.append(log.get_nowait())
             except asyncio.QueueEmpty:
                 break
         self._inflight = batch
@@ -174,6 +189,11 @@ class MemoryBroker:
 
     def backlog(self) -> int:
         return self._log.qsize()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 _broker_check: type[Broker] = MemoryBroker

@@ -313,6 +313,56 @@ async def test_memory_counters_are_checked_without_suspending(tmp_path: Path) ->
         await limiter.close()
 
 
+async def test_a_bound_budget_shares_the_counter_and_the_strategy_of_hit(
+    tmp_path: Path,
+) -> None:
+    """``budget(policy, *key).check()`` is ``hit(policy, *key)`` with the key built once:
+    the same counter (hits through either count against both), the same window kind, the
+    same refusal; in memory it is decided at once, without a coroutine."""
+    limiter = RateLimiter(
+        make_settings(tmp_path, rate_publish_user="2/second", rate_publish_connection="2/second")
+    )
+    try:
+        user = limiter.budget("publish_user", "t", "user", "u")
+        assert user.check() is None
+        await limiter.hit("publish_user", "t", "user", "u")
+        with pytest.raises(RateLimitedError) as refused:
+            user.check()
+        assert refused.value.retry_after == 1.0
+        with pytest.raises(RateLimitedError):
+            await limiter.hit("publish_user", "t", "user", "u")
+        assert limiter.budget("publish_user", "t", "user", "other").check() is None
+
+        conn = limiter.budget("publish_connection", "c")
+        await limiter.hit("publish_connection", "c")
+        assert conn.check() is None
+        with pytest.raises(RateLimitedError):
+            conn.check()
+        await asyncio.sleep(1.1)  # a fixed window: both units are back at once
+        assert conn.check() is None
+        assert conn.check() is None
+        # A moving window: the hits at 0 s left it by now, one at a time.
+        assert user.check() is None
+        assert user.check() is None
+        with pytest.raises(RateLimitedError):
+            user.check()
+    finally:
+        await limiter.close()
+
+
+async def test_a_budget_on_redis_is_awaited_and_fails_like_hit(tmp_path: Path) -> None:
+    """Off memory, ``check`` hands back the awaitable ``hit``: a fail-open policy lets the
+    frame through when Redis is unreachable."""
+    limiter = RateLimiter(make_settings(tmp_path, rate_limit_url="redis://127.0.0.1:1/0"))
+    try:
+        pending = limiter.budget("publish_user", "t", "user", "u").check()
+        assert pending is not None
+        await pending  # fails open: no exception
+        assert limiter.budget("ws_frames", "c").check() is None  # per connection: in memory
+    finally:
+        await limiter.close()
+
+
 async def test_expired_memory_counters_are_swept(tmp_path: Path) -> None:
     """Memory does not grow with the keys ever seen: once their window has passed, the
     periodic sweep (started by a later hit) drops them."""
