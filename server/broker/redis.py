@@ -44,6 +44,7 @@ from redis.retry import Retry
 
 from protocol.errors import RateLimitedError, UnavailableError
 from server.broker.base import Broker, BrokerHandler, ControlEvent, Draft, Published, SeedSource
+from server.broker.redis_batch import ScriptBatcher
 from server.broker.redis_fanout import Fanout
 from server.broker.redis_keys import (
     GROUP,
@@ -128,7 +129,7 @@ class RedisBroker:
         self._seed = seed
         self._names = Namespace(self.options.namespace)
         self._client = connect(redis_url)
-        self._publish_script = self._client.register_script(PUBLISH)
+        self._batcher = ScriptBatcher(self._client, PUBLISH)
         self._recent_script = self._client.register_script(RECENT)
         self._pending_script = self._client.register_script(PENDING)
         self._control_script = self._client.register_script(CONTROL)
@@ -165,6 +166,7 @@ class RedisBroker:
         self._handler = None
         if self._log is not None:
             await self._log.close()
+        await self._batcher.close()
         await self._client.aclose()
 
     def ready(self) -> bool:
@@ -188,30 +190,29 @@ class RedisBroker:
         cmid = draft.client_msg_id
         idem = keys.idem(draft.channel_id, draft.sender_id, cmid) if cmid else f"{keys.base}:-"
         options = self.options
+        args = (
+            5,
+            keys.seq(draft.channel_id),
+            keys.window(draft.channel_id),
+            keys.log,
+            keys.epoch,
+            idem,
+            encode_fields(message),
+            self.node_id,
+            keys.fanout(draft.channel_id),
+            options.window,
+            options.window_ttl_s,
+            options.idempotency_ttl_s if cmid else "",
+            message.id,
+            message.sent_at,
+            self._epoch,
+            options.max_backlog,
+            GROUP,
+        )
         try:
             for _ in range(3):
-                reply = await self._publish_script(
-                    keys=[
-                        keys.seq(draft.channel_id),
-                        keys.window(draft.channel_id),
-                        keys.log,
-                        keys.epoch,
-                        idem,
-                    ],
-                    args=[
-                        encode_fields(message),
-                        self.node_id,
-                        keys.fanout(draft.channel_id),
-                        options.window,
-                        options.window_ttl_s,
-                        options.idempotency_ttl_s if cmid else "",
-                        message.id,
-                        message.sent_at,
-                        self._epoch,
-                        options.max_backlog,
-                        GROUP,
-                    ],
-                )
+                # Queued before the first suspension: publishes reach Redis in call order.
+                reply = await self._batcher.submit(args)
                 tag = reply[0]
                 if tag == b"noseq":
                     await self._seed_channel(keys, draft.tenant_id, draft.channel_id)
