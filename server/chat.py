@@ -9,7 +9,7 @@ from protocol.errors import ForbiddenError, NotFoundError
 from server.auth import scopes
 from server.auth.authority import scope_for, scope_for_system
 from server.auth.principal import Principal
-from server.broker.base import Broker, ChannelSeed, Draft, Published, SeedSource
+from server.broker.base import Broker, Budget, ChannelSeed, Draft, Published, SeedSource
 from storage.models import Channel, Message
 from storage.scope import TenantScope
 from storage.store import Store
@@ -77,8 +77,16 @@ class Chat:
             del self._known[key]
 
     async def publish(
-        self, principal: Principal, channel: Channel, body: str, client_msg_id: str | None
+        self,
+        principal: Principal,
+        channel: Channel,
+        body: str,
+        client_msg_id: str | None,
+        *,
+        budget: Budget | None = None,
     ) -> Published:
+        """``budget``: a shared rate limit the broker checks in the same step
+        (``RateLimiter.deferred``)."""
         return await self.broker.publish(
             Draft(
                 tenant_id=principal.tenant_id,
@@ -87,6 +95,7 @@ class Chat:
                 sender_id=principal.id,
                 body=body,
                 client_msg_id=client_msg_id,
+                budget=budget,
             )
         )
 

@@ -39,6 +39,7 @@ from protocol.errors import (
 from server import metrics
 from server.api.http import bearer_of, bearer_token, client_ip, error_response, request_id
 from server.auth.principal import NEVER, Principal
+from server.broker.base import Budget
 from server.config import Settings
 from server.connection import Connection, Subscription
 from server.logs import bind
@@ -256,12 +257,17 @@ class DirectGateway:
         return Response(status, HTTPStatus(status).phrase, out, bytes(answer.body))
 
 
+MAX_PUBLISHING = 64  # a connection's publishes awaiting the broker before it stops reading
+PUBLISH_DRAIN_S = 5.0
+
+
 class ClientSession:
     __slots__ = (
         "_auth_request_id",
         "_bearer",
         "_expiry",
         "_last_typing",
+        "_publishing",
         "_receive",
         "_recheck",
         "_strikes",
@@ -288,6 +294,7 @@ class ClientSession:
         self._recheck: asyncio.Task[None] | None = None
         self._last_typing: dict[str, float] | None = None  # made on the first typing frame
         self._strikes = 0  # rate-limited frames in a row
+        self._publishing: set[asyncio.Task[None]] = set()
         self._auth_request_id: f.RequestId | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -384,34 +391,65 @@ class ClientSession:
                 request_id = frame.id
                 metrics.frame_in(str(frame.__struct_config__.tag))
                 await self._recheck_principal()
+                budget: Budget | None = None
                 if isinstance(frame, f.Publish):
                     await self._limit("publish_connection", self._conn_key)
-                    await self._limit("publish_user", self._user_key)
-                self._strikes = 0
-                await self._dispatch(frame)
-            except RateLimitedError as exc:
-                self._strikes += 1
-                self._error(exc, request_id)
-                if self._strikes >= self.runtime.limiter.flood_strikes:
-                    _log.warning("closing a flooding connection", extra={"event": "ws.flood"})
-                    self._close(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
-            except ProtocolError as exc:
-                metrics.frame_in("invalid")
-                self._error(exc, request_id if request_id is not None else exc.request_id)
-            except BayChatError as exc:
-                self._error(exc, request_id)
-            except Exception:
-                ref = self.conn.id if self.conn else "-"
-                _log.exception("frame handling failed", extra={"event": "ws.error"})
-                self._send(
-                    f.ErrorOut(
-                        code=ErrorCode.INTERNAL,
-                        message=f"internal error (ref {ref})",
-                        id=request_id,
-                    )
+                    # With the counters in the broker's Redis, the broker makes this hit.
+                    budget = self.runtime.limiter.deferred("publish_user", *self._user_key)
+                    if budget is None:
+                        await self._limit("publish_user", self._user_key)
+                if budget is None:
+                    self._strikes = 0  # else when the broker has taken it (``_publish``)
+                await self._dispatch(frame, budget)
+            except Exception as exc:
+                self._failed(exc, request_id)
+
+    async def _start_publish(self, frame: f.Publish, budget: Budget | None) -> None:
+        """Check the publish and hand it to the broker without waiting for the broker's
+        answer: the next frame is read meanwhile, so one connection's publishes share
+        round trips to a remote broker instead of queueing behind each other's. They stay
+        in order: the channel is resolved here, in frame order, and each task reaches the
+        broker's publish (which takes its place in line before it first waits) in the
+        order the tasks were made."""
+        if len(frame.body.encode()) > self.settings.max_body_bytes:
+            raise ProtocolError(
+                f"body exceeds {self.settings.max_body_bytes} bytes", code=ErrorCode.TOO_LARGE
+            )
+        channel = await self._channel(frame.channel, "write")
+        if len(self._publishing) >= MAX_PUBLISHING:
+            await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.ensure_future(self._publish(frame, channel, budget))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    def _failed(self, exc: Exception, request_id: f.RequestId | None) -> None:
+        if isinstance(exc, RateLimitedError):
+            self._strikes += 1
+            self._error(exc, request_id)
+            if self._strikes >= self.runtime.limiter.flood_strikes:
+                _log.warning("closing a flooding connection", extra={"event": "ws.flood"})
+                self._close(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
+        elif isinstance(exc, ProtocolError):
+            metrics.frame_in("invalid")
+            self._error(exc, request_id if request_id is not None else exc.request_id)
+        elif isinstance(exc, BayChatError):
+            self._error(exc, request_id)
+        else:
+            ref = self.conn.id if self.conn else "-"
+            _log.error("frame handling failed", exc_info=exc, extra={"event": "ws.error"})
+            self._send(
+                f.ErrorOut(
+                    code=ErrorCode.INTERNAL,
+                    message=f"internal error (ref {ref})",
+                    id=request_id,
                 )
+            )
 
     async def teardown(self) -> None:
+        if self._publishing:
+            # Publishes handed to the broker finish (their messages are in the log either
+            # way); their acks still go out if the socket is open.
+            await asyncio.wait(list(self._publishing), timeout=PUBLISH_DRAIN_S)
         if self._expiry is not None:
             self._expiry.cancel()
         if self._recheck is not None:
@@ -533,10 +571,10 @@ class ClientSession:
 
     # -- frames -------------------------------------------------------------------------
 
-    async def _dispatch(self, frame: f.ClientFrame) -> None:
+    async def _dispatch(self, frame: f.ClientFrame, budget: Budget | None) -> None:
         match frame:
             case f.Publish():
-                await self._publish(frame)
+                await self._start_publish(frame, budget)
             case f.Subscribe():
                 await self._subscribe(frame)
             case f.Unsubscribe():
@@ -552,16 +590,17 @@ class ClientSession:
             case f.Auth():
                 raise ProtocolError("already authenticated")
 
-    async def _publish(self, frame: f.Publish) -> None:
-        if len(frame.body.encode()) > self.settings.max_body_bytes:
-            raise ProtocolError(
-                f"body exceeds {self.settings.max_body_bytes} bytes", code=ErrorCode.TOO_LARGE
-            )
-        channel = await self._channel(frame.channel, "write")
+    async def _publish(self, frame: f.Publish, channel: Channel, budget: Budget | None) -> None:
         accepted = time.monotonic()
-        result = await self.runtime.chat.publish(
-            self.principal, channel, frame.body, frame.client_msg_id
-        )
+        try:
+            result = await self.runtime.chat.publish(
+                self.principal, channel, frame.body, frame.client_msg_id, budget=budget
+            )
+        except Exception as exc:
+            self._failed(exc, frame.id)
+            return
+        if budget is not None:
+            self._strikes = 0
         request_id = frame.id
         duplicate = result.duplicate
         channel_name = channel.name

@@ -83,6 +83,8 @@ class MemoryBroker:
         return state
 
     async def publish(self, draft: Draft) -> Published:
+        if draft.budget is not None:
+            raise ValueError("the in-process broker keeps no shared rate-limit budgets")
         state = await self._state(draft.tenant_id, draft.channel_id)
         if draft.client_msg_id is not None:
             original = state.keys.get((draft.sender_id, draft.client_msg_id))

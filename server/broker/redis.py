@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -129,7 +130,9 @@ class RedisBroker:
         self._seed = seed
         self._names = Namespace(self.options.namespace)
         self._client = connect(redis_url)
-        self._batcher = ScriptBatcher(self._client, PUBLISH)
+        self._batcher = ScriptBatcher(
+            self._client, PUBLISH, retry_tag=b"noseq", before_retry=self._seed_channels
+        )
         self._recent_script = self._client.register_script(RECENT)
         self._pending_script = self._client.register_script(PENDING)
         self._control_script = self._client.register_script(CONTROL)
@@ -190,13 +193,15 @@ class RedisBroker:
         cmid = draft.client_msg_id
         idem = keys.idem(draft.channel_id, draft.sender_id, cmid) if cmid else f"{keys.base}:-"
         options = self.options
+        budget = draft.budget
         args = (
-            5,
+            6,
             keys.seq(draft.channel_id),
             keys.window(draft.channel_id),
             keys.log,
             keys.epoch,
             idem,
+            budget.key if budget else f"{keys.base}:-",
             encode_fields(message),
             self.node_id,
             keys.fanout(draft.channel_id),
@@ -208,26 +213,26 @@ class RedisBroker:
             self._epoch,
             options.max_backlog,
             GROUP,
+            *((time.time(), budget.limit, budget.window_s) if budget else ("", "", "")),
         )
         try:
-            for _ in range(3):
-                # Queued before the first suspension: publishes reach Redis in call order.
-                reply = await self._batcher.submit(args)
-                tag = reply[0]
-                if tag == b"noseq":
-                    await self._seed_channel(keys, draft.tenant_id, draft.channel_id)
-                    continue
-                if tag == b"full":
-                    raise RateLimitedError(5.0, "message backlog is full; retry later")
-                if tag == b"dup":
-                    return self._duplicate(message, reply[1], bool(reply[2]), reply[3])
-                seq, entry_id, epoch = int(reply[1]), reply[2].decode(), reply[3]
-                published = replace(message, seq=seq)
-                self._remember(published, entry_id, epoch)
-                return Published(published, False, False)
+            # Queued before the first suspension: publishes reach Redis in call order.
+            reply = await self._batcher.submit(args, (draft.tenant_id, draft.channel_id))
         except RedisError as exc:
             raise UnavailableError("message broker unavailable; retry later") from exc
-        raise UnavailableError("could not seed the channel's sequence")
+        tag = reply[0]
+        if tag == b"limited" and budget is not None:
+            raise budget.refused(float(reply[1]) + budget.window_s)
+        if tag == b"full":
+            raise RateLimitedError(5.0, "message backlog is full; retry later")
+        if tag == b"dup":
+            return self._duplicate(message, reply[1], bool(reply[2]), reply[3])
+        if tag != b"ok":
+            raise UnavailableError("could not seed the channel's sequence")
+        seq, entry_id, epoch = int(reply[1]), reply[2].decode(), reply[3]
+        published = replace(message, seq=seq)
+        self._remember(published, entry_id, epoch)
+        return Published(published, False, False)
 
     def _duplicate(self, draft: Message, record: bytes, pending: bool, epoch: bytes) -> Published:
         seq, message_id, sent_at, entry_id = record.decode().split("|")
@@ -237,6 +242,12 @@ class RedisBroker:
             # The ack may be owed to another node (the client moved): watch it here too.
             self._remember(original, entry_id, epoch)
         return Published(original, True, not pending)
+
+    async def _seed_channels(self, channels: list[tuple[str, str]]) -> None:
+        """Seed channels whose seq Redis does not have (called by the batcher, which then
+        runs their publishes again before any later one)."""
+        for tenant_id, channel_id in dict.fromkeys(channels):
+            await self._seed_channel(self._names.tenant(tenant_id), tenant_id, channel_id)
 
     async def _seed_channel(self, keys: TenantKeys, tenant_id: str, channel_id: str) -> None:
         seed = await self._seed(tenant_id, channel_id)

@@ -8,6 +8,11 @@ as arrive meanwhile, instead of one each. Exactly one batch is in flight at a ti
 calls of a batch run in the order they were submitted, so calls reach Redis in submission
 order: two publishes of one channel are given seqs in the order they were made.
 
+A call may be answered "not yet" (``retry_tag``: the publish script's ``noseq``, the
+channel's seq is not in Redis). The batcher then awaits ``before_retry`` with those calls'
+contexts (the broker seeds the channels from the store) and runs the calls again before
+any later call goes out, so a retried publish keeps its place in line.
+
 A pipeline that fails as a whole (connection lost, timeout) fails every call in it with
 ``RedisError``; as with a single call, some of them may have run (the publish is then
 found again by its idempotency key when the client retries). The script is sent by its
@@ -21,28 +26,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 ScriptArgs = Sequence[Any]  # the number of keys, the keys, then the arguments
+RETRIES = 2
+_Call = tuple[ScriptArgs, Any, "asyncio.Future[Any]"]  # args, context, reply
 
 
 class ScriptBatcher:
-    def __init__(self, client: Redis, script: str) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        script: str,
+        *,
+        retry_tag: bytes | None = None,
+        before_retry: Callable[[list[Any]], Awaitable[None]] | None = None,
+    ) -> None:
         self._client = client
         self._script = script
         self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
-        self._queue: list[tuple[ScriptArgs, asyncio.Future[Any]]] = []
+        self._retry_tag = retry_tag
+        self._before_retry = before_retry
+        self._queue: list[_Call] = []
         self._pump: asyncio.Task[None] | None = None
         self.batches = 0  # pipelines sent (for tests)
 
-    def submit(self, args: ScriptArgs) -> asyncio.Future[Any]:
-        """Queue one call; its reply (or error) comes in the future."""
+    def submit(self, args: ScriptArgs, context: Any = None) -> asyncio.Future[Any]:
+        """Queue one call; its reply (or error) comes in the future. ``context`` is what
+        ``before_retry`` is given for this call."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((args, future))
+        self._queue.append((args, context, future))
         if self._pump is None:
             self._pump = asyncio.create_task(self._run(), name="redis-script-batch")
         return future
@@ -57,7 +74,7 @@ class ScriptBatcher:
         _fail(queued, RedisError("the broker is closing"))
 
     async def _run(self) -> None:
-        batch: list[tuple[ScriptArgs, asyncio.Future[Any]]] = []
+        batch: list[_Call] = []
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
@@ -69,28 +86,54 @@ class ScriptBatcher:
         finally:
             self._pump = None
 
-    async def _send(self, batch: list[tuple[ScriptArgs, asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[_Call]) -> None:
         self.batches += 1
         try:
-            replies = await self._execute([args for args, _ in batch])
-            if any(isinstance(reply, NoScriptError) for reply in replies):
-                # Redis restarted (or its script cache was flushed): none of them ran.
-                await self._client.script_load(self._script)
-                calls = zip(batch, replies, strict=True)
-                again = iter(await self._execute([a for (a, _), r in calls if _noscript(r)]))
-                replies = [next(again) if _noscript(r) else r for r in replies]
+            replies = await self._execute([args for args, _, _ in batch])
+            for _ in range(RETRIES):
+                again = [i for i, reply in enumerate(replies) if self._again(reply)]
+                if not again:
+                    break
+                if self._before_retry is not None:
+                    try:
+                        await self._before_retry([batch[i][1] for i in again])
+                    except Exception as exc:  # those calls did not run; the rest did
+                        for i in again:
+                            replies[i] = exc
+                        break
+                retried = await self._execute([batch[i][0] for i in again])
+                for i, reply in zip(again, retried, strict=True):
+                    replies[i] = reply
         except (RedisError, OSError) as exc:
             _fail(batch, exc)
             return
-        for (_, future), reply in zip(batch, replies, strict=True):
+        for (_, _, future), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue  # the caller was cancelled
-            if isinstance(reply, Exception):
+            if isinstance(reply, BaseException):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
 
+    def _again(self, reply: Any) -> bool:
+        return (
+            self._retry_tag is not None
+            and isinstance(reply, list)
+            and bool(reply)
+            and reply[0] == self._retry_tag
+        )
+
     async def _execute(self, calls: list[ScriptArgs]) -> list[Any]:
+        replies = await self._pipeline(calls)
+        if any(_noscript(reply) for reply in replies):
+            # Redis restarted (or its script cache was flushed): none of them ran.
+            await self._client.script_load(self._script)
+            pairs = list(zip(calls, replies, strict=True))
+            again = iter(await self._pipeline([a for a, r in pairs if _noscript(r)]))
+            replies = [next(again) if _noscript(r) else r for _, r in pairs]
+        return replies
+
+    async def _pipeline(self, calls: list[ScriptArgs]) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
             for args in calls:
                 pipe.evalsha(self._sha, *args)
@@ -102,8 +145,8 @@ def _noscript(reply: Any) -> bool:
     return isinstance(reply, NoScriptError)
 
 
-def _fail(batch: list[tuple[ScriptArgs, asyncio.Future[Any]]], cause: BaseException) -> None:
-    for _, future in batch:
+def _fail(batch: list[_Call], cause: BaseException) -> None:
+    for _, _, future in batch:
         if not future.done():
             error = RedisError(f"pipeline failed: {cause!r}")
             error.__cause__ = cause
