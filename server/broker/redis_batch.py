@@ -29,8 +29,9 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 ScriptArgs = Sequence[Any]  # the number of keys, the keys, then the arguments
 RETRIES = 2
@@ -134,10 +135,26 @@ class ScriptBatcher:
         return replies
 
     async def _pipeline(self, calls: list[ScriptArgs]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for args in calls:
-                pipe.evalsha(self._sha, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        # Packed by hiredis (C) and sent in one write on a pooled connection: redis-py's
+        # own pipeline packs every argument in Python, which cost more than the rest of a
+        # publish on the gateway (py-spy at 4,000 msgs/s: a sixth of all its samples).
+        packed = b"".join(pack_command(("EVALSHA", self._sha, *args)) for args in calls)
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:  # that call's error; the connection is fine
+                    replies.append(exc)
+        except BaseException:
+            # Replies may be left unread on it: never hand it to another caller.
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
         return replies
 
 
