@@ -266,11 +266,13 @@ class ClientSession:
         "_auth_request_id",
         "_bearer",
         "_expiry",
+        "_frame_no",
         "_last_typing",
+        "_passed_at",
         "_publishing",
         "_receive",
         "_recheck",
-        "_strikes",
+        "_refused_at",
         "conn",
         "runtime",
         "settings",
@@ -293,7 +295,11 @@ class ClientSession:
         self._expiry: asyncio.TimerHandle | None = None  # the expiry warning, then the expiry
         self._recheck: asyncio.Task[None] | None = None
         self._last_typing: dict[str, float] | None = None  # made on the first typing frame
-        self._strikes = 0  # rate-limited frames in a row
+        # Flood policy: close after ``flood_strikes`` rate-limited frames in a row, in
+        # frame order, though a publish's budget may be refused after later frames passed.
+        self._frame_no = 0
+        self._passed_at = -1  # the latest frame that passed its limits
+        self._refused_at: list[int] = []  # rate-limited frames after it
         self._publishing: set[asyncio.Task[None]] = set()
         self._auth_request_id: f.RequestId | None = None
 
@@ -383,6 +389,8 @@ class ClientSession:
             if raw is None or self.transport.close_code is not None:
                 return
             request_id: f.RequestId | None = None
+            self._frame_no += 1
+            frame_no = self._frame_no
             try:
                 await self._limit("ws_frames", self._conn_key)
                 if isinstance(raw, bytes):
@@ -399,12 +407,12 @@ class ClientSession:
                     if budget is None:
                         await self._limit("publish_user", self._user_key)
                 if budget is None:
-                    self._strikes = 0  # else when the broker has taken it (``_publish``)
-                await self._dispatch(frame, budget)
+                    self._passed(frame_no)  # else when the broker has taken it (``_publish``)
+                await self._dispatch(frame, budget, frame_no)
             except Exception as exc:
-                self._failed(exc, request_id)
+                self._failed(exc, request_id, frame_no)
 
-    async def _start_publish(self, frame: f.Publish, budget: Budget | None) -> None:
+    async def _start_publish(self, frame: f.Publish, budget: Budget | None, frame_no: int) -> None:
         """Check the publish and hand it to the broker without waiting for the broker's
         answer: the next frame is read meanwhile, so one connection's publishes share
         round trips to a remote broker instead of queueing behind each other's. They stay
@@ -418,15 +426,21 @@ class ClientSession:
         channel = await self._channel(frame.channel, "write")
         if len(self._publishing) >= MAX_PUBLISHING:
             await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.ensure_future(self._publish(frame, channel, budget))
+        task = asyncio.ensure_future(self._publish(frame, channel, budget, frame_no))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
-    def _failed(self, exc: Exception, request_id: f.RequestId | None) -> None:
+    def _passed(self, frame_no: int) -> None:
+        if frame_no > self._passed_at:
+            self._passed_at = frame_no
+            self._refused_at = [n for n in self._refused_at if n > frame_no]
+
+    def _failed(self, exc: Exception, request_id: f.RequestId | None, frame_no: int) -> None:
         if isinstance(exc, RateLimitedError):
-            self._strikes += 1
+            if frame_no > self._passed_at:
+                self._refused_at.append(frame_no)
             self._error(exc, request_id)
-            if self._strikes >= self.runtime.limiter.flood_strikes:
+            if len(self._refused_at) >= self.runtime.limiter.flood_strikes:
                 _log.warning("closing a flooding connection", extra={"event": "ws.flood"})
                 self._close(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
         elif isinstance(exc, ProtocolError):
@@ -571,10 +585,10 @@ class ClientSession:
 
     # -- frames -------------------------------------------------------------------------
 
-    async def _dispatch(self, frame: f.ClientFrame, budget: Budget | None) -> None:
+    async def _dispatch(self, frame: f.ClientFrame, budget: Budget | None, frame_no: int) -> None:
         match frame:
             case f.Publish():
-                await self._start_publish(frame, budget)
+                await self._start_publish(frame, budget, frame_no)
             case f.Subscribe():
                 await self._subscribe(frame)
             case f.Unsubscribe():
@@ -590,17 +604,19 @@ class ClientSession:
             case f.Auth():
                 raise ProtocolError("already authenticated")
 
-    async def _publish(self, frame: f.Publish, channel: Channel, budget: Budget | None) -> None:
+    async def _publish(
+        self, frame: f.Publish, channel: Channel, budget: Budget | None, frame_no: int
+    ) -> None:
         accepted = time.monotonic()
         try:
             result = await self.runtime.chat.publish(
                 self.principal, channel, frame.body, frame.client_msg_id, budget=budget
             )
         except Exception as exc:
-            self._failed(exc, frame.id)
+            self._failed(exc, frame.id, frame_no)
             return
         if budget is not None:
-            self._strikes = 0
+            self._passed(frame_no)
         request_id = frame.id
         duplicate = result.duplicate
         channel_name = channel.name
