@@ -7,6 +7,11 @@ therefore happens at publish time, in seq order per channel, and only for messag
 are in the log: Redis must run with ``appendonly yes`` and ``appendfsync always`` so that
 a message a client has seen is never lost with Redis (see docs/OPERATIONS.md).
 
+The publishes a node makes while its previous batch is in Redis go out together, in call
+order, as one pipeline (``redis_batch.ScriptBatcher``): one round trip for many publishes,
+and seqs in the order publish was called. A draft may carry the sender's shared rate-limit
+budget, which the script spends (or refuses the publish) in the same step.
+
 When a channel's seq key is missing (a new channel, or Redis lost its state) the broker
 seeds it from the store with SET NX before publishing, together with the store's recent
 idempotency records, so a seq is never reused as long as the log itself was not lost.
