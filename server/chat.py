@@ -10,7 +10,14 @@ from protocol.errors import ForbiddenError, NotFoundError
 from server.auth import scopes
 from server.auth.authority import scope_for, scope_for_system
 from server.auth.principal import Principal
-from server.broker.base import Broker, ChannelSeed, Draft, Published, SeedSource
+from server.broker.base import (
+    Broker,
+    ChannelSeed,
+    Draft,
+    Published,
+    SeedSource,
+    SharedBudget,
+)
 from storage.models import Channel, Message
 from storage.store import Store
 
@@ -81,8 +88,16 @@ class Chat:
             del self._known[key]
 
     def publish(
-        self, principal: Principal, channel: Channel, body: str, client_msg_id: str | None
+        self,
+        principal: Principal,
+        channel: Channel,
+        body: str,
+        client_msg_id: str | None,
+        *,
+        budget: SharedBudget | None = None,
     ) -> Awaitable[Published]:
+        """``budget``: a shared rate limit the broker checks in the same step
+        (``RateLimiter.deferred``)."""
         # Not a coroutine of its own: one frame less per published message.
         return self.broker.publish(
             Draft(
@@ -92,6 +107,7 @@ class Chat:
                 sender_id=principal.id,
                 body=body,
                 client_msg_id=client_msg_id,
+                budget=budget,
             )
         )
 

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.datastructures import Headers
@@ -39,6 +39,7 @@ from protocol.errors import (
 from server import metrics
 from server.api.http import bearer_of, bearer_token, client_ip, error_response, request_id
 from server.auth.principal import NEVER, Principal
+from server.broker.base import SharedBudget
 from server.chat import Action
 from server.config import Settings
 from server.connection import Connection, Subscription
@@ -258,16 +259,32 @@ class DirectGateway:
         return Response(status, HTTPStatus(status).phrase, out, bytes(answer.body))
 
 
+class _Budgets(NamedTuple):
+    """A session's rate-limit budgets, bound on its first frame (``_make_budgets``)."""
+
+    frames: Budget
+    publish_connection: Budget
+    publish_user: Budget
+    publish_user_shared: SharedBudget | None  # the broker hits publish_user itself
+
+
+MAX_PUBLISHING = 64  # a connection's publishes awaiting the broker before it stops reading
+PUBLISH_DRAIN_S = 5.0
+
+
 class ClientSession:
     __slots__ = (
         "_auth_request_id",
         "_bearer",
         "_budgets",
         "_expiry",
+        "_frame_no",
         "_last_typing",
+        "_passed_at",
+        "_publishing",
         "_receive",
         "_recheck",
-        "_strikes",
+        "_refused_at",
         "conn",
         "runtime",
         "settings",
@@ -290,8 +307,13 @@ class ClientSession:
         self._expiry: asyncio.TimerHandle | None = None  # the expiry warning, then the expiry
         self._recheck: asyncio.Task[None] | None = None
         self._last_typing: dict[str, float] | None = None  # made on the first typing frame
-        self._strikes = 0  # rate-limited frames in a row
-        self._budgets: tuple[Budget, Budget, Budget] | None = None
+        # Flood policy: close after ``flood_strikes`` rate-limited frames in a row, in
+        # frame order, though a publish's budget may be refused after later frames passed.
+        self._frame_no = 0
+        self._passed_at = -1  # the latest frame that passed its limits
+        self._refused_at: list[int] = []  # rate-limited frames after it
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._budgets: _Budgets | None = None  # made on the first frame
         self._auth_request_id: f.RequestId | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -380,10 +402,12 @@ class ClientSession:
             if raw is None or self.transport.close_code is not None:
                 return
             request_id: f.RequestId | None = None
+            self._frame_no += 1
+            frame_no = self._frame_no
             try:
                 budgets = self._budgets or self._make_budgets()
                 # In memory a check is decided at once; a Redis counter is awaited.
-                if (pending := budgets[0].check()) is not None:
+                if (pending := budgets.frames.check()) is not None:
                     await pending
                 if isinstance(raw, bytes):
                     raise ProtocolError("binary frames are not part of protocol v1")
@@ -391,39 +415,77 @@ class ClientSession:
                 request_id = frame.id
                 metrics.frame_in(str(frame.__struct_config__.tag))
                 await self._recheck_principal()
-                if isinstance(frame, f.Publish):
-                    if (pending := budgets[1].check()) is not None:
-                        await pending
-                    if (pending := budgets[2].check()) is not None:
-                        await pending
-                self._strikes = 0
                 if isinstance(frame, f.Publish):  # the hot path, without the dispatch step
-                    await self._publish(frame)
+                    if (pending := budgets.publish_connection.check()) is not None:
+                        await pending
+                    # With the counters in the broker's Redis, the broker makes this hit.
+                    shared = budgets.publish_user_shared
+                    if shared is None:
+                        if (pending := budgets.publish_user.check()) is not None:
+                            await pending
+                        self._passed(frame_no)
+                    # else passed when the broker has taken it (``_publish``)
+                    await self._start_publish(frame, shared, frame_no)
                 else:
+                    self._passed(frame_no)
                     await self._dispatch(frame)
-            except RateLimitedError as exc:
-                self._strikes += 1
-                self._error(exc, request_id)
-                if self._strikes >= self.runtime.limiter.flood_strikes:
-                    _log.warning("closing a flooding connection", extra={"event": "ws.flood"})
-                    self._close(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
-            except ProtocolError as exc:
-                metrics.frame_in("invalid")
-                self._error(exc, request_id if request_id is not None else exc.request_id)
-            except BayChatError as exc:
-                self._error(exc, request_id)
-            except Exception:
-                ref = self.conn.id if self.conn else "-"
-                _log.exception("frame handling failed", extra={"event": "ws.error"})
-                self._send(
-                    f.ErrorOut(
-                        code=ErrorCode.INTERNAL,
-                        message=f"internal error (ref {ref})",
-                        id=request_id,
-                    )
+            except Exception as exc:
+                self._failed(exc, request_id, frame_no)
+
+    async def _start_publish(
+        self, frame: f.Publish, budget: SharedBudget | None, frame_no: int
+    ) -> None:
+        """Check the publish and hand it to the broker without waiting for the broker's
+        answer: the next frame is read meanwhile, so one connection's publishes share
+        round trips to a remote broker instead of queueing behind each other's. They stay
+        in order: the channel is resolved here, in frame order, and each task reaches the
+        broker's publish (which takes its place in line before it first waits) in the
+        order the tasks were made."""
+        if len(frame.body.encode()) > self.settings.max_body_bytes:
+            raise ProtocolError(
+                f"body exceeds {self.settings.max_body_bytes} bytes", code=ErrorCode.TOO_LARGE
+            )
+        channel = await self._channel(frame.channel, "write")
+        if len(self._publishing) >= MAX_PUBLISHING:
+            await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.ensure_future(self._publish(frame, channel, budget, frame_no))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    def _passed(self, frame_no: int) -> None:
+        if frame_no > self._passed_at:
+            self._passed_at = frame_no
+            self._refused_at = [n for n in self._refused_at if n > frame_no]
+
+    def _failed(self, exc: Exception, request_id: f.RequestId | None, frame_no: int) -> None:
+        if isinstance(exc, RateLimitedError):
+            if frame_no > self._passed_at:
+                self._refused_at.append(frame_no)
+            self._error(exc, request_id)
+            if len(self._refused_at) >= self.runtime.limiter.flood_strikes:
+                _log.warning("closing a flooding connection", extra={"event": "ws.flood"})
+                self._close(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
+        elif isinstance(exc, ProtocolError):
+            metrics.frame_in("invalid")
+            self._error(exc, request_id if request_id is not None else exc.request_id)
+        elif isinstance(exc, BayChatError):
+            self._error(exc, request_id)
+        else:
+            ref = self.conn.id if self.conn else "-"
+            _log.error("frame handling failed", exc_info=exc, extra={"event": "ws.error"})
+            self._send(
+                f.ErrorOut(
+                    code=ErrorCode.INTERNAL,
+                    message=f"internal error (ref {ref})",
+                    id=request_id,
                 )
+            )
 
     async def teardown(self) -> None:
+        if self._publishing:
+            # Publishes handed to the broker finish (their messages are in the log either
+            # way); their acks still go out if the socket is open.
+            await asyncio.wait(list(self._publishing), timeout=PUBLISH_DRAIN_S)
         if self._expiry is not None:
             self._expiry.cancel()
         if self._recheck is not None:
@@ -448,7 +510,7 @@ class ClientSession:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _make_budgets(self) -> tuple[Budget, Budget, Budget]:
+    def _make_budgets(self) -> _Budgets:
         """The budgets every frame is checked against (``ws_frames``) and every publish
         (``publish_connection``, ``publish_user``), made on the first frame: an idle
         connection never holds them. The user key never changes: a refresh keeps the
@@ -456,11 +518,12 @@ class ClientSession:
         conn = self.conn
         assert conn is not None
         limiter = self.runtime.limiter
-        principal = conn.principal
-        self._budgets = (
-            limiter.budget("ws_frames", conn.id),
-            limiter.budget("publish_connection", conn.id),
-            limiter.budget("publish_user", principal.tenant_id, principal.kind, principal.id),
+        user = (conn.principal.tenant_id, conn.principal.kind, conn.principal.id)
+        self._budgets = _Budgets(
+            frames=limiter.budget("ws_frames", conn.id),
+            publish_connection=limiter.budget("publish_connection", conn.id),
+            publish_user=limiter.budget("publish_user", *user),
+            publish_user_shared=limiter.deferred("publish_user", *user),
         )
         return self._budgets
 
@@ -550,8 +613,6 @@ class ClientSession:
 
     async def _dispatch(self, frame: f.ClientFrame) -> None:
         match frame:
-            case f.Publish():
-                await self._publish(frame)
             case f.Subscribe():
                 await self._subscribe(frame)
             case f.Unsubscribe():
@@ -567,16 +628,19 @@ class ClientSession:
             case f.Auth():
                 raise ProtocolError("already authenticated")
 
-    async def _publish(self, frame: f.Publish) -> None:
-        if len(frame.body.encode()) > self.settings.max_body_bytes:
-            raise ProtocolError(
-                f"body exceeds {self.settings.max_body_bytes} bytes", code=ErrorCode.TOO_LARGE
-            )
-        channel = await self._channel(frame.channel, "write")
+    async def _publish(
+        self, frame: f.Publish, channel: Channel, budget: SharedBudget | None, frame_no: int
+    ) -> None:
         accepted = time.monotonic()
-        result = await self.runtime.chat.publish(
-            self.principal, channel, frame.body, frame.client_msg_id
-        )
+        try:
+            result = await self.runtime.chat.publish(
+                self.principal, channel, frame.body, frame.client_msg_id, budget=budget
+            )
+        except Exception as exc:
+            self._failed(exc, frame.id, frame_no)
+            return
+        if budget is not None:
+            self._passed(frame_no)
         request_id = frame.id
         duplicate = result.duplicate
         channel_name = channel.name

@@ -25,6 +25,12 @@ strategy never trusts an expired entry, it compares times itself. So the library
 pass runs here once per ``SWEEP_S`` on the loop's executor, one thread hop per second for
 all keys. Redis counters go through the library's asynchronous Redis storage. The
 strategies are the same either way.
+
+When the counters live in the broker's own Redis, a publish need not check its shared
+budget in a round trip of its own: ``deferred`` hands the gateway a ``SharedBudget`` that rides
+with the draft, and the broker's publish script makes the very same moving-window hit
+(same key, same list, same algorithm) in the step that publishes. Every other check of the
+policy (the HTTP path, other gateways) sees those hits as if ``limits`` had made them.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from limits.storage import MemoryStorage
 from limits.storage.memory import Entry
 
 from protocol.errors import RateLimitedError, UnavailableError
+from server.broker.base import SharedBudget
 from server.config import Settings
 
 _log = logging.getLogger("baychat.ratelimit")
@@ -163,7 +170,8 @@ def _unavailable(policy: Policy, exc: Exception) -> None:
     _log.warning("rate limit storage unavailable; allowing", extra=extra)
 
 
-def _refuse(policy_name: str, reset_at: float) -> NoReturn:
+def _refusal(policy_name: str, reset_at: float) -> RateLimitedError:
+    """The refusal of a spent budget, counted and logged (raised by the caller)."""
     retry_after = max(1.0, round(reset_at - time.time(), 1))
     from server import metrics  # here: server.metrics labels its counter by POLICIES
 
@@ -172,7 +180,11 @@ def _refuse(policy_name: str, reset_at: float) -> NoReturn:
         "rate limited",
         extra={"event": "rate_limit.hit", "policy": policy_name, "retry_after": retry_after},
     )
-    raise RateLimitedError(retry_after, f"rate limit exceeded ({policy_name})")
+    return RateLimitedError(retry_after, f"rate limit exceeded ({policy_name})")
+
+
+def _refuse(policy_name: str, reset_at: float) -> NoReturn:
+    raise _refusal(policy_name, reset_at)
 
 
 class Budget:
@@ -271,6 +283,13 @@ class RateLimiter:
             self._memory.append(self._shared_storage)
         else:
             self._shared_remote = aio_strategies.MovingWindowRateLimiter(self._shared_storage)
+        # Budgets ride with a publish only where the broker's publish script can reach them:
+        # the counters in the broker's own Redis (no separate BAYCHAT_RATE_LIMIT_URL).
+        self._defers = (
+            self._shared_remote is not None
+            and not settings.rate_limit_url
+            and settings.broker_url.startswith(("redis://", "rediss://"))
+        )
         self.flood_strikes = settings.rate_flood_strikes
         self._next_sweep = 0.0
         self._sweeping: asyncio.Future[None] | None = None
@@ -310,6 +329,26 @@ class RateLimiter:
             _unavailable(policy, exc)
             return
         _refuse(policy_name, reset_at)
+
+    def deferred(self, policy_name: str, *key: str) -> SharedBudget | None:
+        """The hit for ``policy_name`` as a ``SharedBudget`` for the broker to make with the
+        publish, or None when the caller must ``hit`` now (counters in memory, or in a Redis
+        the broker does not share)."""
+        policy = POLICIES[policy_name]
+        storage = self._shared_storage
+        if not self._defers or policy.local or not isinstance(storage, RedisStorage):
+            return None
+        item = self._items[policy_name]
+
+        def refused(reset_at: float) -> Exception:
+            return _refusal(policy_name, reset_at)
+
+        return SharedBudget(
+            key=storage.bridge.prefixed_key(item.key_for(policy_name, *key)),
+            limit=item.amount,
+            window_s=item.get_expiry(),
+            refused=refused,
+        )
 
     def _sweep(self) -> None:
         """Drop expired in-memory counters, in the loop's executor (one hop for all keys)."""

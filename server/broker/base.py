@@ -14,6 +14,10 @@ back into it. Guarantees every implementation keeps (checked by tests/server/bro
   once, and before ``publish`` returned (server/acks.py allows for both). A retry that
   returns ``duplicate=True, persisted=False`` gets its ``on_persisted`` on the retrying
   node too.
+* A draft may carry a ``SharedBudget`` (a shared rate limit, ``server.ratelimit``): the broker
+  consumes one unit of it in the same step as the publish, or publishes nothing and raises
+  ``RateLimitedError``. Only a broker that keeps its counters where the budget lives is
+  handed one (the Redis broker, when the rate limits share its Redis); any other refuses it.
 * ``ready()`` is False while the node cannot receive fan-out; a broker recovers by itself.
 * Everything is namespaced by tenant: the same channel id in two tenants never mixes.
 """
@@ -30,6 +34,19 @@ from storage.worker import PersistenceLog
 
 
 @dataclass(frozen=True, slots=True)
+class SharedBudget:
+    """One hit on a shared moving-window rate limit, made by the broker with the publish
+    so that a publish costs one round trip to Redis, not two. ``key`` is the Redis key the
+    ``limits`` library keeps the window in (the same window every other check of the
+    policy uses); ``refused`` records the refusal and returns the error to raise."""
+
+    key: str
+    limit: int
+    window_s: int
+    refused: Callable[[float], Exception]  # (unix time the oldest hit leaves the window)
+
+
+@dataclass(frozen=True, slots=True)
 class Draft:
     tenant_id: str
     channel_id: str
@@ -37,6 +54,7 @@ class Draft:
     sender_id: str
     body: str
     client_msg_id: str | None
+    budget: SharedBudget | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,13 +37,17 @@ class _ChannelState:
 
 
 class MemoryBroker:
-    def __init__(self, seed: SeedSource, *, node_id: str = "local") -> None:
+    def __init__(
+        self, seed: SeedSource, *, node_id: str = "local", log_capacity: int = LOG_CAPACITY
+    ) -> None:
         self.node_id = node_id
         self._seed = seed
         self._handler: BrokerHandler | None = None
         self._channels: dict[tuple[str, str], _ChannelState] = {}
         self._seeding: dict[tuple[str, str], asyncio.Lock] = {}
-        self._log: asyncio.Queue[LogEntry] = asyncio.Queue(maxsize=LOG_CAPACITY)
+        self._log: asyncio.Queue[LogEntry] = asyncio.Queue(maxsize=log_capacity)
+        self._in_line = asyncio.Lock()  # publishers waiting for room in the log
+        self._waiting = 0
         self._pending: set[str] = set()
         # Entries handed to the worker and not yet done: handed out again on the next read,
         # so a failed batch is retried rather than lost (one consumer per process).
@@ -83,6 +87,8 @@ class MemoryBroker:
         return state
 
     async def publish(self, draft: Draft) -> Published:
+        if draft.budget is not None:
+            raise ValueError("the in-process broker keeps no shared rate-limit budgets")
         state = self._channels.get((draft.tenant_id, draft.channel_id)) or await self._state(
             draft.tenant_id, draft.channel_id
         )
@@ -109,16 +115,27 @@ class MemoryBroker:
                 state.keys.popitem(last=False)
         self._pending.add(message.id)
         entry = LogEntry(message.id, message, self.node_id)
-        try:
+        if self._waiting or self._log.full():
+            await self._enqueue_in_line(entry)
+        else:
             self._log.put_nowait(entry)
-        except asyncio.QueueFull:
-            # Backpressure: the publisher waits for the worker; order is kept because
-            # nothing else can enqueue for this channel with a lower seq afterwards.
-            await self._log.put(entry)
         reader = self._reader
         if reader is not None:
             _wake(reader)
         return Published(message, False, False)
+
+    async def _enqueue_in_line(self, entry: LogEntry) -> None:
+        """Backpressure: the publisher waits for the worker, behind every publisher already
+        waiting. ``Queue.put`` alone does not keep that order (a slot freed for a waiter can
+        be taken by a later ``put_nowait``, or by a waiter that went round again), and the
+        log must hold a channel's messages in seq order: the lock is first come, first
+        served, and nobody skips it while anyone waits."""
+        self._waiting += 1
+        try:
+            async with self._in_line:
+                await self._log.put(entry)
+        finally:
+            self._waiting -= 1
 
     async def subscribe(self, tenant_id: str, channel_id: str) -> None:
         return None  # one node: the hub already knows who listens

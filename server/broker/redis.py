@@ -7,6 +7,11 @@ therefore happens at publish time, in seq order per channel, and only for messag
 are in the log: Redis must run with ``appendonly yes`` and ``appendfsync always`` so that
 a message a client has seen is never lost with Redis (see docs/OPERATIONS.md).
 
+The publishes a node makes while its previous batch is in Redis go out together, in call
+order, as one pipeline (``redis_batch.ScriptBatcher``): one round trip for many publishes,
+and seqs in the order publish was called. A draft may carry the sender's shared rate-limit
+budget, which the script spends (or refuses the publish) in the same step.
+
 When a channel's seq key is missing (a new channel, or Redis lost its state) the broker
 seeds it from the store with SET NX before publishing, together with the store's recent
 idempotency records, so a seq is never reused as long as the log itself was not lost.
@@ -30,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -44,6 +50,7 @@ from redis.retry import Retry
 
 from protocol.errors import RateLimitedError, UnavailableError
 from server.broker.base import Broker, BrokerHandler, ControlEvent, Draft, Published, SeedSource
+from server.broker.redis_batch import ScriptBatcher
 from server.broker.redis_fanout import Fanout
 from server.broker.redis_keys import (
     GROUP,
@@ -128,7 +135,9 @@ class RedisBroker:
         self._seed = seed
         self._names = Namespace(self.options.namespace)
         self._client = connect(redis_url)
-        self._publish_script = self._client.register_script(PUBLISH)
+        self._batcher = ScriptBatcher(
+            self._client, PUBLISH, retry_tag=b"noseq", before_retry=self._seed_channels
+        )
         self._recent_script = self._client.register_script(RECENT)
         self._pending_script = self._client.register_script(PENDING)
         self._control_script = self._client.register_script(CONTROL)
@@ -165,6 +174,7 @@ class RedisBroker:
         self._handler = None
         if self._log is not None:
             await self._log.close()
+        await self._batcher.close()
         await self._client.aclose()
 
     def ready(self) -> bool:
@@ -188,45 +198,46 @@ class RedisBroker:
         cmid = draft.client_msg_id
         idem = keys.idem(draft.channel_id, draft.sender_id, cmid) if cmid else f"{keys.base}:-"
         options = self.options
+        budget = draft.budget
+        args = (
+            6,
+            keys.seq(draft.channel_id),
+            keys.window(draft.channel_id),
+            keys.log,
+            keys.epoch,
+            idem,
+            budget.key if budget else f"{keys.base}:-",
+            encode_fields(message),
+            self.node_id,
+            keys.fanout(draft.channel_id),
+            options.window,
+            options.window_ttl_s,
+            options.idempotency_ttl_s if cmid else "",
+            message.id,
+            message.sent_at,
+            self._epoch,
+            options.max_backlog,
+            GROUP,
+            *((time.time(), budget.limit, budget.window_s) if budget else ("", "", "")),
+        )
         try:
-            for _ in range(3):
-                reply = await self._publish_script(
-                    keys=[
-                        keys.seq(draft.channel_id),
-                        keys.window(draft.channel_id),
-                        keys.log,
-                        keys.epoch,
-                        idem,
-                    ],
-                    args=[
-                        encode_fields(message),
-                        self.node_id,
-                        keys.fanout(draft.channel_id),
-                        options.window,
-                        options.window_ttl_s,
-                        options.idempotency_ttl_s if cmid else "",
-                        message.id,
-                        message.sent_at,
-                        self._epoch,
-                        options.max_backlog,
-                        GROUP,
-                    ],
-                )
-                tag = reply[0]
-                if tag == b"noseq":
-                    await self._seed_channel(keys, draft.tenant_id, draft.channel_id)
-                    continue
-                if tag == b"full":
-                    raise RateLimitedError(5.0, "message backlog is full; retry later")
-                if tag == b"dup":
-                    return self._duplicate(message, reply[1], bool(reply[2]), reply[3])
-                seq, entry_id, epoch = int(reply[1]), reply[2].decode(), reply[3]
-                published = replace(message, seq=seq)
-                self._remember(published, entry_id, epoch)
-                return Published(published, False, False)
+            # Queued before the first suspension: publishes reach Redis in call order.
+            reply = await self._batcher.submit(args, (draft.tenant_id, draft.channel_id))
         except RedisError as exc:
             raise UnavailableError("message broker unavailable; retry later") from exc
-        raise UnavailableError("could not seed the channel's sequence")
+        tag = reply[0]
+        if tag == b"limited" and budget is not None:
+            raise budget.refused(float(reply[1]) + budget.window_s)
+        if tag == b"full":
+            raise RateLimitedError(5.0, "message backlog is full; retry later")
+        if tag == b"dup":
+            return self._duplicate(message, reply[1], bool(reply[2]), reply[3])
+        if tag != b"ok":
+            raise UnavailableError("could not seed the channel's sequence")
+        seq, entry_id, epoch = int(reply[1]), reply[2].decode(), reply[3]
+        published = replace(message, seq=seq)
+        self._remember(published, entry_id, epoch)
+        return Published(published, False, False)
 
     def _duplicate(self, draft: Message, record: bytes, pending: bool, epoch: bytes) -> Published:
         seq, message_id, sent_at, entry_id = record.decode().split("|")
@@ -236,6 +247,12 @@ class RedisBroker:
             # The ack may be owed to another node (the client moved): watch it here too.
             self._remember(original, entry_id, epoch)
         return Published(original, True, not pending)
+
+    async def _seed_channels(self, channels: list[tuple[str, str]]) -> None:
+        """Seed channels whose seq Redis does not have (called by the batcher, which then
+        runs their publishes again before any later one)."""
+        for tenant_id, channel_id in dict.fromkeys(channels):
+            await self._seed_channel(self._names.tenant(tenant_id), tenant_id, channel_id)
 
     async def _seed_channel(self, keys: TenantKeys, tenant_id: str, channel_id: str) -> None:
         seed = await self._seed(tenant_id, channel_id)

@@ -1,5 +1,6 @@
 """The Lua scripts of the Redis broker. Each runs atomically inside Redis and touches keys of
-one tenant only (one hash tag), so each stays within one Redis Cluster slot.
+one tenant only (one hash tag), so each stays within one Redis Cluster slot (PUBLISH with a
+rate-limit budget excepted, see there).
 
 Key and value formats are described in ``server.broker.redis_keys``. An idempotency record
 is ``<seq>|<message id>|<sent_at>|<log entry id>``; the entry id is empty for records
@@ -8,13 +9,32 @@ seeded from the store (those messages are stored already).
 
 from __future__ import annotations
 
-# KEYS: seq, window, log, epoch, idem (a never-written dummy when there is no client_msg_id)
+# KEYS: seq, window, log, epoch, idem (a never-written dummy when there is no client_msg_id),
+#       budget (the shared rate limit's window; a never-written dummy when there is none)
 # ARGV: fields, origin node, fan-out channel, window size, window ttl, idem ttl ('' = none),
-#       message id, sent_at, epoch candidate, max backlog, consumer group
-# -> {'noseq'} | {'full'} | {'dup', record, pending 0|1, epoch} | {'ok', seq, entry id, epoch}
+#       message id, sent_at, epoch candidate, max backlog, consumer group,
+#       budget: now (unix seconds, '' = no budget), limit, window seconds
+# -> {'noseq'} | {'limited', oldest hit} | {'full'} | {'dup', record, pending 0|1, epoch}
+#    | {'ok', seq, entry id, epoch}
+# The budget is the ``limits`` library's moving window (its acquire_moving_window.lua, one
+# unit): the same list, the same entries, so its other users see every hit made here. It is
+# consumed before the idempotency check, as the separate check before the publish did. Its
+# key is not in the tenant's slot: on a Redis Cluster the limiter must keep its own check.
 PUBLISH = """
 local seq = redis.call('GET', KEYS[1])
 if not seq then return {'noseq'} end
+if ARGV[12] ~= '' then
+  local now = tonumber(ARGV[12])
+  local limit = tonumber(ARGV[13])
+  local expiry = tonumber(ARGV[14])
+  local oldest = redis.call('LINDEX', KEYS[6], limit - 1)
+  if oldest and tonumber(oldest) >= now - expiry then
+    return {'limited', oldest}
+  end
+  redis.call('LPUSH', KEYS[6], now)
+  redis.call('LTRIM', KEYS[6], 0, limit - 1)
+  redis.call('EXPIRE', KEYS[6], expiry)
+end
 local epoch = redis.call('GET', KEYS[4])
 if not epoch then
   epoch = ARGV[9]

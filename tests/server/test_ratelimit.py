@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from tests.harness import (
     recv,
     send,
 )
+from tests.server.broker.rig import drop_namespace, redis_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 _ips = (f"203.0.113.{i}" for i in itertools.count(1))
@@ -248,6 +250,77 @@ async def test_a_connection_that_keeps_flooding_is_closed(limited: LiveServer) -
     for i in range(3 + 3):  # 3 allowed, then 3 strikes
         await send(ws, {"type": "publish", "channel": "general", "body": "x", "id": i})
     await assert_closed(ws, CloseCode.RATE_LIMITED)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def limited_on_redis(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveServer]:
+    """The same limits with the Redis broker, whose Redis holds the shared counters: the
+    per-user publish budget is hit inside the broker's publish script."""
+    url = await redis_url()
+    settings = make_settings(
+        tmp_path_factory.mktemp("limited-redis"),
+        trusted_proxies=("127.0.0.1",),
+        broker_url=url,
+        rate_limit_prefix=f"test-{secrets.token_hex(6)}",  # counters apart from other runs
+        **LIMITS,
+    )
+    try:
+        async with live_server(settings) as live:
+            assert live.runtime.limiter.deferred("publish_user", "t", "user", "u") is not None
+            yield live
+    finally:
+        await drop_namespace(url)
+
+
+async def _replies(ws: ClientConnection, request_ids: list[str]) -> list[dict[str, Any]]:
+    """The replies to ``request_ids``, in that order, whatever order they came in (an
+    error comes at once, an ack when the message is stored)."""
+    got: dict[str, dict[str, Any]] = {}
+    while len(got) < len(request_ids):
+        frame = await recv(ws)
+        if frame.get("id") in request_ids:
+            got[frame["id"]] = frame
+    return [got[i] for i in request_ids]
+
+
+async def test_publishes_sent_back_to_back_are_limited_per_user_in_the_publish_script(
+    limited_on_redis: LiveServer,
+) -> None:
+    server = limited_on_redis
+    tenant = await server.tenant()
+    user = await server.user(tenant)
+    await server.channel(tenant, "general", user)
+    replies = []
+    for name in ("a", "b"):
+        ws = await _ws(server, ip(), await token_for(server, user))
+        ids = [f"{name}{i}" for i in range(3)]
+        for request_id in ids:  # none waits for the one before
+            frame = {"type": "publish", "channel": "general", "body": "hi", "id": request_id}
+            await send(ws, frame)
+        replies += await _replies(ws, ids)
+    assert [r["type"] for r in replies] == ["ack"] * 5 + ["error"]
+    assert [r["seq"] for r in replies[:5]] == [1, 2, 3, 4, 5]  # in the order sent
+    assert replies[-1]["code"] == "rate_limited"
+    assert 1 <= replies[-1]["retry_after"] <= 60
+    await send(ws, {"type": "ping", "id": "still-open"})
+    assert (await _next_reply(ws, "still-open"))["type"] == "pong"
+
+
+async def test_a_connection_flooding_past_the_user_budget_is_closed_on_redis(
+    limited_on_redis: LiveServer,
+) -> None:
+    server = limited_on_redis
+    tenant = await server.tenant()
+    user = await server.user(tenant)
+    await server.channel(tenant, "general", user)
+    spender = await _ws(server, ip(), await token_for(server, user))
+    for i in range(3):
+        await _publish(spender, "general", f"s{i}")
+    flooder = await _ws(server, ip(), await token_for(server, user))
+    # 2 left of the user's 5, then 3 strikes, all refused by the publish script.
+    for i in range(2 + 3):
+        await send(flooder, {"type": "publish", "channel": "general", "body": "x", "id": i})
+    await assert_closed(flooder, CloseCode.RATE_LIMITED)
 
 
 # -- the limiter itself --------------------------------------------------------------------

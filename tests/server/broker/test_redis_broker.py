@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ from server.broker import redis as redis_broker
 from server.broker import redis_fanout
 from server.broker.base import ControlEvent, Draft, open_log
 from server.broker.redis_keys import GROUP
+from server.ratelimit import RateLimiter
 from storage.store import Store
 from storage.worker import LogEntry
 from tests.backends import OwnRedis, own_redis
+from tests.harness import make_settings
 from tests.server.broker.rig import make_channel, open_rig, redis_url, sqlite_store, store_seed
 
 
@@ -292,3 +295,112 @@ async def test_publishing_without_redis_is_unavailable_not_lost(store: Store) ->
         assert not broker.ready()
     finally:
         await broker.close()
+
+
+async def test_a_burst_in_one_turn_shares_round_trips_and_keeps_call_order(store: Store) -> None:
+    async with open_rig("redis", store, store_seed(store)) as rig:
+        tenant_id, channel_id = await make_channel(store)
+        listener, publisher = await rig.node(), await rig.node()
+        await listener.broker.subscribe(tenant_id, channel_id)
+        assert isinstance(publisher.broker, redis_broker.RedisBroker)
+        batcher = publisher.broker._batcher
+        before = batcher.batches
+        # A channel Redis has never seen: every publish of the first batch is answered
+        # 'noseq', and the reseeded retry must not let any of them change places.
+        count = 60
+        sent = await asyncio.gather(
+            *(publisher.publish(tenant_id, channel_id, f"m{i}") for i in range(count))
+        )
+        assert [p.message.seq for p in sent] == list(range(1, count + 1))
+        assert [p.message.body for p in sent] == [f"m{i}" for i in range(count)]
+        assert batcher.batches - before < count // 10  # shared round trips, not one each
+        want = list(range(1, count + 1))
+        await listener.handler.until(lambda: listener.handler.seqs(tenant_id, channel_id) == want)
+        bodies = [m.body for m in listener.handler.messages if m.channel_id == channel_id]
+        assert bodies == [f"m{i}" for i in range(count)]
+        ids = {p.message.id for p in sent}
+        await publisher.handler.until(lambda: ids <= publisher.handler.persisted_ids())
+
+
+async def test_bursts_around_a_redis_restart_lose_nothing_acked_and_reuse_no_seq(
+    store: Store, private_redis: OwnRedis
+) -> None:
+    url = namespaced(private_redis.url, claim_idle_ms=500)
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        tenant_id, channel_id = await make_channel(store)
+        node = await rig.node()
+        bodies = [f"a{i}" for i in range(20)]
+        first = await asyncio.gather(
+            *(node.publish(tenant_id, channel_id, b, client_msg_id=b) for b in bodies)
+        )
+        assert [p.message.seq for p in first] == list(range(1, 21))
+
+        private_redis.stop(kill=True)  # appendfsync always: nothing answered is lost
+        outcome = await asyncio.gather(
+            *(node.publish(tenant_id, channel_id, f"x{i}") for i in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, UnavailableError) for o in outcome)
+        private_redis.start()  # the script cache is empty now: NOSCRIPT, loaded, retried
+        await node.handler.until(node.broker.ready)
+
+        second = await asyncio.gather(
+            *(node.publish(tenant_id, channel_id, f"b{i}") for i in range(20))
+        )
+        assert [p.message.seq for p in second] == list(range(21, 41))
+        retried = await node.publish(tenant_id, channel_id, "a3", client_msg_id="a3")
+        assert retried.duplicate
+        assert retried.message.seq == 4
+        ids = {p.message.id for p in (*first, *second)}
+        await node.handler.until(lambda: ids <= node.handler.persisted_ids(), timeout=20)
+
+
+async def test_a_budget_is_spent_in_the_publish_on_the_window_limits_keeps(
+    store: Store, tmp_path: Path
+) -> None:
+    async with open_rig("redis", store, store_seed(store)) as rig:
+        settings = make_settings(
+            tmp_path, broker_url=rig.url, rate_publish_user="3/minute", rate_limit_url=""
+        )
+        limiter = RateLimiter(settings)
+        try:
+            tenant_id, channel_id = await make_channel(store)
+            node = await rig.node()
+            key = (tenant_id, "user", f"u{secrets.token_hex(4)}")
+            budget = limiter.deferred("publish_user", *key)
+            assert budget is not None
+            draft = Draft(tenant_id, channel_id, "general", "alice", "hi", None, budget)
+            published = [await node.broker.publish(draft) for _ in range(3)]
+            assert [p.message.seq for p in published] == [1, 2, 3]
+            with pytest.raises(RateLimitedError) as refused:
+                await node.broker.publish(draft)
+            assert 1.0 <= refused.value.retry_after <= 60
+            # Refused means not published: the next message of the channel is seq 4.
+            assert (await node.publish(tenant_id, channel_id, "free")).message.seq == 4
+            # The limits library's own check of the policy sees the hits made in Redis ...
+            with pytest.raises(RateLimitedError):
+                await limiter.hit("publish_user", *key)
+            # ... and the publish script sees the hits the library made.
+            other = (tenant_id, "user", f"v{secrets.token_hex(4)}")
+            for _ in range(3):
+                await limiter.hit("publish_user", *other)
+            spent = limiter.deferred("publish_user", *other)
+            with pytest.raises(RateLimitedError):
+                await node.broker.publish(replace(draft, budget=spent))
+            assert (await node.publish(tenant_id, channel_id, "free")).message.seq == 5
+        finally:
+            await limiter.close()
+
+
+def test_budgets_ride_with_a_publish_only_to_the_brokers_own_redis(tmp_path: Path) -> None:
+    redis = "redis://127.0.0.1:6379/0"
+    cases = [
+        ({"broker_url": redis}, True),
+        ({"broker_url": redis, "rate_limit_url": redis}, False),  # a Redis of its own
+        ({"broker_url": "memory://"}, False),
+        ({"broker_url": "memory://", "rate_limit_url": redis}, False),
+    ]
+    for overrides, defers in cases:
+        limiter = RateLimiter(make_settings(tmp_path, **overrides))
+        assert (limiter.deferred("publish_user", "t", "user", "u") is not None) is defers
+        assert limiter.deferred("publish_connection", "c") is None  # per connection: memory
