@@ -233,6 +233,7 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         "_close_timer",
         "_frames",
         "_handler",
+        "_head",
         "_inbox",
         "_open",
         "_other",
@@ -275,7 +276,8 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         # sans-I/O protocol per connection, not one for the handshake and one after it).
         self.conn = ServerProtocol(state=OPEN, max_size=config.ws_max_size, logger=_ws_logger)
         self._reader: RequestReader | None = RequestReader()  # until the request is read
-        self._open = False  # the 101 is out: frames are read from here on
+        self._open = False  # the 101 is sent: frames are read from here on
+        self._head: bytes | None = None  # a 101 held back to go with the first frame
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._handler = _handler_of(config)
         self._other: AsgiSocketProtocol | None = None  # the protocol a handed-over one runs
@@ -411,6 +413,9 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         self.task = task
         self._server_state.tasks.add(task)
         task.add_done_callback(self._on_task_done)
+        if self._head is not None:
+            # After the session's first step: a 101 it has not sent with a frame goes alone.
+            self.loop.call_soon(self._send_head)
 
     def _hand_over(self) -> None:
         """Not ours: uvicorn's ASGI WebSocket protocol takes the connection as it came.
@@ -427,9 +432,15 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         other.connection_made(self.transport)
         other.data_received(raw)
 
-    def respond(self, response: Response) -> bool:
+    def respond(self, response: Response, *, hold: bool = False) -> bool:
         """Send the handshake's answer: True if it was a 101 and the socket is now open; any
-        other status closes the connection once written."""
+        other status closes the connection once written.
+
+        ``hold``: a 101 goes out with the first bytes written after it (the session's
+        ``ready``, or its close), in one ``send()`` instead of two, or on its own once the
+        session's first step is over. Only for a session that writes without waiting for
+        the peer (bearer in the handshake): a client that authenticates with a frame waits
+        for the 101 first."""
         if self.disconnected or self.handshake_complete:
             return False
         self.handshake_complete = True
@@ -437,7 +448,10 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         if response.status_code == 101:
             if self.transport.is_closing():
                 return False
-            self.transport.write(response.serialize())
+            if hold:
+                self._head = response.serialize()
+            else:
+                self.transport.write(response.serialize())
             self._open = True
             logger.info("connection open")
             self._start_keepalive()
@@ -594,7 +608,26 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
     def _flush_conn(self) -> None:
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
-            self.transport.write(b"".join(data))
+            self._write(b"".join(data))
+
+    def _write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        self.transport.write(data)
+
+    def _send_head(self) -> None:
+        head = self._head
+        if head is not None and not self.transport.is_closing():
+            self._head = None
+            self.transport.write(head)
+
+    def write_frames(self, data: bytes) -> bool:
+        if self.close_sent or self.disconnected:
+            return False
+        self._write(data)
+        return True
 
     def close_now(self, code: int, reason: str) -> None:
         """Start the closing handshake without waiting for the write buffer to drain (a
@@ -607,7 +640,7 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         except InvalidState:
             return
         self._deliver(None)
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        self._write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         self._stop_keepalive()
         if self.read_paused:
