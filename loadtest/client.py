@@ -10,6 +10,7 @@ latency rather than hiding it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from array import array
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import msgspec
 from picows import (
     WSAutoPingStrategy,
+    WSCloseCode,
     WSFrame,
     WSHandshakeError,
     WSListener,
@@ -201,8 +203,15 @@ class Client(WSListener):
 
     async def ready(self, timeout: float) -> dict[str, Any]:
         """The server's ``ready`` (the token went in the handshake's Authorization header,
-        as the protocol asks of clients that are not browsers)."""
-        return await asyncio.wait_for(self._ready, timeout)
+        as the protocol asks of clients that are not browsers). A timer on the future
+        itself rather than ``asyncio.wait_for``: one connect is mostly this wait, and
+        ``storm`` runs thousands a second on the cores the server runs on."""
+        ready = self._ready
+        timer = asyncio.get_running_loop().call_later(timeout, _time_out, ready)
+        try:
+            return await ready
+        finally:
+            timer.cancel()
 
     async def subscribe(self, channel: str, timeout: float) -> None:
         reply = await self.request(
@@ -226,8 +235,15 @@ class Client(WSListener):
     def close(self) -> None:
         self._closing = True
         if self.transport is not None and not self.transport.is_disconnected:
-            self.transport.send_close()
+            # 1000 said explicitly: picows' default code is not one a peer may send, and
+            # the server answers it as a protocol error (1002).
+            self.transport.send_close(WSCloseCode.OK)
             self.transport.disconnect()
+
+
+def _time_out(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def publish_prefix(channel: str) -> bytes:
@@ -238,6 +254,14 @@ def publish_prefix(channel: str) -> bytes:
 _PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("loadtest.picows"), {})
 _MAX_FRAME = 1 << 20
 _READ_BUFFER = 4096
+
+
+@functools.lru_cache(maxsize=16)
+def _plain_target(url: str) -> tuple[str, str, int, str]:
+    """netloc, host, port and request target of a ``ws://`` URL (parsed once per run)."""
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.netloc, parts.hostname or "127.0.0.1", parts.port or 80, path
 
 
 async def _connect_plain(
@@ -251,14 +275,11 @@ async def _connect_plain(
     and the generator shares the cores with the server it measures. Same protocol code,
     less setup: only for ``ws://`` URLs; ``wss://`` goes through ``ws_connect``.
     """
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or 80
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    netloc, host, port, path = _plain_target(url)
 
     def protocol() -> WSProtocol:
         return WSProtocol(
-            parts.netloc,
+            netloc,
             path,
             True,
             factory,

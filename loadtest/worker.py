@@ -18,6 +18,7 @@ from typing import Any
 from loadtest.client import Client, ConnectError, Tracker, open_client, publish_prefix
 from loadtest.plan import ConnSpec, SubscriberRecord, Window, WorkerPlan, WorkerResult
 from loadtest.stats import Recorder
+from loadtest.stormconnect import StormTarget, storm_connect
 
 CONNECT_CONCURRENCY = 64
 STORM_CONCURRENCY = 256
@@ -222,10 +223,16 @@ class _Worker:
         gate = asyncio.Semaphore(STORM_CONCURRENCY)
         interval = int(1e9 / rate)
         tasks: set[asyncio.Task[None]] = set()
+        url = self.plan.ws_url
+        target = StormTarget(url) if url.startswith("ws://") else None
 
         async def one(token: str, due: int) -> None:
+            client: Client | None = None
             try:
-                client = await open_client(self.plan.ws_url, token, self.tracker, TIMEOUT_S)
+                if target is not None:
+                    await storm_connect(target, token, TIMEOUT_S)  # closes once ready
+                else:
+                    client = await open_client(url, token, self.tracker, TIMEOUT_S)
             except ConnectError as exc:
                 self.result.failed_connects += 1
                 self.tracker.error(exc.reason)
@@ -233,7 +240,8 @@ class _Worker:
             finally:
                 gate.release()
             done = time.monotonic_ns()
-            client.close()
+            if client is not None:
+                client.close()
             self.result.storm_completed += 1
             if window.measure <= due < window.stop:
                 self.result.connected += 1

@@ -232,7 +232,7 @@ class DirectGateway:
             socket.respond(self._denial(exc, rid, peer.secure))
             return None
         _log_connect(peer.ip, origin is not None)
-        if not socket.respond(response):
+        if not socket.respond(response, hold=bearer is not None):
             return None
         settings = runtime.settings
         transport = DirectTransport(
@@ -351,6 +351,9 @@ class ClientSession:
                 id=self._auth_request_id,
             )
         )
+        # Written now rather than with the next loop iteration's replies: on a bearer
+        # connect it is the same send() as the 101 (SocketProtocol.respond, ``hold``).
+        self.transport.flush()
         await self._serve()
 
     async def _authenticate(self) -> Principal | None:

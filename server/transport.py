@@ -54,6 +54,10 @@ class AsgiTransport:
 
     send_coalesced = send  # the writer task already sends whatever has queued meanwhile
 
+    def flush(self) -> bool:
+        """Nothing to hurry: the writer task sends what is queued as soon as it can."""
+        return False
+
     def close(self, code: CloseCode, reason: str) -> None:
         if self._closing is not None:
             return
@@ -114,6 +118,10 @@ class SessionTransport(Protocol):
     def send(self, data: bytes) -> None: ...
 
     def send_coalesced(self, data: bytes) -> None: ...
+
+    def flush(self) -> bool:
+        """Write what ``send`` has queued now, not in the next loop iteration."""
+        ...
 
     def close(self, code: CloseCode, reason: str) -> None: ...
 

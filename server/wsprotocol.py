@@ -33,8 +33,10 @@ from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import CONNECTING, OPEN
+from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
+
+from server.wshandshake import HandshakeRefused, RequestReader
 
 EXTENSION = "baychat.socket"
 _log = logging.getLogger("baychat.gateway")
@@ -232,12 +234,15 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         "_close_timer",
         "_frames",
         "_handler",
+        "_head",
         "_inbox",
+        "_open",
         "_other",
         "_ping_payload",
         "_ping_timer",
         "_pong_timer",
         "_raw",
+        "_reader",
         "_server_state",
         "_text",
         "_waiter",
@@ -267,7 +272,13 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         self._server_state = server_state
         self._app_state = app_state
         self.loop = _loop or asyncio.get_event_loop()
-        self.conn = ServerProtocol(max_size=config.ws_max_size, logger=_ws_logger)
+        # The request is read by ``RequestReader`` and checked by this protocol's ``accept``;
+        # it is in the OPEN state from the start because it only ever parses frames (one
+        # sans-I/O protocol per connection, not one for the handshake and one after it).
+        self.conn = ServerProtocol(state=OPEN, max_size=config.ws_max_size, logger=_ws_logger)
+        self._reader: RequestReader | None = RequestReader()  # until the request is read
+        self._open = False  # the 101 is sent: frames are read from here on
+        self._head: bytes | None = None  # a 101 held back to go with the first frame
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._handler = _handler_of(config)
         self._other: AsgiSocketProtocol | None = None  # the protocol a handed-over one runs
@@ -323,27 +334,19 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         if self._other is not None:
             self._other.data_received(data)
             return
-        raw = self._raw
-        if raw is not None:
-            raw.append(data)
+        reader = self._reader
+        if reader is not None:
+            self._read_request(reader, data)
+            return
+        if not self._open:
+            return  # refused: nothing more is read
         conn = self.conn
         conn.receive_data(data)
         if conn.parser_exc is not None:
             self._parser_failed()
             return
         for event in conn.events_received():
-            if isinstance(event, Frame):
-                self._on_frame(event)
-            elif isinstance(event, Request):
-                self._on_request(event)
-                if self._other is not None:  # handed over: that protocol has the bytes now
-                    return
-        if conn.handshake_exc is not None and not self.handshake_complete:
-            # Not a request websockets can read (a header line or too many headers past
-            # its limits): it has queued the 4xx that says so.
-            self.handshake_complete = self.close_sent = True
-            self._flush_conn()
-            self.transport.close()
+            self._on_frame(event)  # type: ignore[arg-type]  # OPEN: only frames
 
     def shutdown(self) -> None:
         """uvicorn is stopping: close with 1012 (service restart), or answer 500 if the
@@ -360,13 +363,32 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
             self.conn.send_close(1012)
             self._flush_conn()
             self.close_sent = True
-        elif self.conn.state is CONNECTING:
-            self.conn.send_response(self.conn.reject(500, "Internal Server Error"))
-            self._flush_conn()
-            self.close_sent = self.handshake_complete = True
+        else:
+            self.respond(self.conn.reject(500, "Internal Server Error"))
         self.transport.close()
 
     # -- the handshake --------------------------------------------------------------------
+
+    def _read_request(self, reader: RequestReader, data: bytes) -> None:
+        raw = self._raw
+        if raw is not None:
+            raw.append(data)
+        try:
+            request = reader.feed(data, self.conn)
+        except HandshakeRefused as refused:
+            # Not a request websockets' reader would take: its answer, or none.
+            self._reader = None
+            if refused.response is not None:
+                self.respond(refused.response)
+            else:
+                self.handshake_complete = self.close_sent = True
+                self.transport.close()
+            return
+        if request is not None:
+            # The bytes past the head (the peer's first frames, which it may not send
+            # before our 101) are not read: uvicorn hands over the head alone anyway.
+            self._reader = None
+            self._on_request(request)
 
     def _on_request(self, request: Request) -> None:
         handler = self._handler
@@ -392,6 +414,9 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         self.task = task
         self._server_state.tasks.add(task)
         task.add_done_callback(self._on_task_done)
+        if self._head is not None:
+            # After the session's first step: a 101 it has not sent with a frame goes alone.
+            self.loop.call_soon(self._send_head)
 
     def _hand_over(self) -> None:
         """Not ours: uvicorn's ASGI WebSocket protocol takes the connection as it came.
@@ -408,28 +433,33 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         other.connection_made(self.transport)
         other.data_received(raw)
 
-    def respond(self, response: Response) -> bool:
+    def respond(self, response: Response, *, hold: bool = False) -> bool:
         """Send the handshake's answer: True if it was a 101 and the socket is now open; any
-        other status closes the connection once written."""
+        other status closes the connection once written.
+
+        ``hold``: a 101 goes out with the first bytes written after it (the session's
+        ``ready``, or its close), in one ``send()`` instead of two, or on its own once the
+        session's first step is over. Only for a session that writes without waiting for
+        the peer (bearer in the handshake): a client that authenticates with a frame waits
+        for the 101 first."""
         if self.disconnected or self.handshake_complete:
             return False
         self.handshake_complete = True
+        logger = self.conn.logger
         if response.status_code == 101:
             if self.transport.is_closing():
                 return False
-            self.conn.send_response(response)
-            self._flush_conn()
-            # From here on only frames arrive (uvicorn hands over the request alone). A new
-            # sans-I/O protocol in the OPEN state reads them: the handshake's one keeps the
-            # parsed request (headers, token) alive in its parser for the connection's life.
-            self.conn = ServerProtocol(
-                state=OPEN, max_size=self.config.ws_max_size, logger=_ws_logger
-            )
+            if hold:
+                self._head = response.serialize()
+            else:
+                self.transport.write(response.serialize())
+            self._open = True
+            logger.info("connection open")
             self._start_keepalive()
             return True
         self.close_sent = True
-        self.conn.send_response(response)
-        self._flush_conn()
+        self.transport.write(response.serialize())
+        logger.info("connection rejected (%d %s)", response.status_code, response.reason_phrase)
         self.transport.close()
         return False
 
@@ -583,7 +613,26 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
     def _flush_conn(self) -> None:
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
-            self.transport.write(b"".join(data))
+            self._write(b"".join(data))
+
+    def _write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        self.transport.write(data)
+
+    def _send_head(self) -> None:
+        head = self._head
+        if head is not None and not self.transport.is_closing():
+            self._head = None
+            self.transport.write(head)
+
+    def write_frames(self, data: bytes) -> bool:
+        if self.close_sent or self.disconnected:
+            return False
+        self._write(data)
+        return True
 
     def close_now(self, code: int, reason: str) -> None:
         """Start the closing handshake without waiting for the write buffer to drain (a
@@ -596,7 +645,7 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         except InvalidState:
             return
         self._deliver(None)
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        self._write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         self._stop_keepalive()
         if self.read_paused:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 from protocol.codes import ErrorCode
 from protocol.errors import AuthError
@@ -33,6 +34,41 @@ _FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
 RETIRE_LEEWAY_S = 60  # clock skew between the nodes that sign and verify
 _MAX_HEADER_CHARS = 1024  # a header with alg, typ and kid is ~60 characters
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub", "tid", "sid", "typ", "role"]
+_ALGORITHMS = [ALGORITHM]
+_MAX_KNOWN_HEADERS = 16  # header segments remembered (one per key in use, in practice)
+
+
+class _KeyCheckedOnce(HMACAlgorithm):
+    """HS256 as pyjwt does it, with its check of the *key* made once per key.
+
+    pyjwt's ``prepare_key`` refuses an HMAC secret that looks like an asymmetric key (PEM,
+    SSH, DER, a JWK as JSON): an algorithm-confusion guard whose answer depends on the
+    key bytes alone, never on the token. It runs on every verification (trial DER and
+    X.509 loads, a JSON parse), ~15% of a verification, for the same few keys of our key
+    set. Here its answer is remembered per key value; the token's own checks (signature,
+    claims) are untouched."""
+
+    def __init__(self) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self._checked: set[bytes] = set()
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        if isinstance(key, bytes) and key in self._checked:
+            return key
+        prepared = super().prepare_key(key)  # raises for a key that must not be used
+        if isinstance(key, bytes):
+            if len(self._checked) >= _MAX_CHECKED_KEYS:
+                self._checked.clear()
+            self._checked.add(key)
+        return prepared
+
+
+_MAX_CHECKED_KEYS = 64  # a key set holds a handful; bounded all the same
+# The options merged once, not on every decode (``jwt.decode`` merges them per call), and
+# HS256 with the key check above.
+_JWT = jwt.PyJWT(options={"require": _REQUIRED})
+_JWT._jws.unregister_algorithm(ALGORITHM)
+_JWT._jws.register_algorithm(ALGORITHM, _KeyCheckedOnce())
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +193,7 @@ class AccessTokens:
         self.issuer = issuer
         self.audience = audience
         self.ttl_s = ttl_s
+        self._kids: dict[str, str] = {}  # header segment -> kid, see _kid_of
 
     def issue(
         self, *, tenant_id: str, subject: str, session_id: str, role: str, kind: str = "user"
@@ -186,20 +223,16 @@ class AccessTokens:
     def verify(self, token: str) -> Principal:
         """The principal of a valid access token, decoded and verified once by pyjwt; only
         the header is read before that, to pick the key its ``kid`` names."""
-        header = _unverified_header(token)
-        if header.get("alg") != ALGORITHM or _FORBIDDEN_HEADERS & header.keys():
-            raise AuthError("token not accepted")
-        key = self.keys.keys.get(str(header.get("kid", "")))
+        key = self.keys.keys.get(self._kid_of(token))
         if key is None:
             raise AuthError("token not accepted")
         try:
-            claims = jwt.decode(
+            claims = _JWT.decode(
                 token,
                 key,
-                algorithms=[ALGORITHM],
+                algorithms=_ALGORITHMS,
                 audience=self.audience,
                 issuer=self.issuer,
-                options={"require": _REQUIRED},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired", code=ErrorCode.TOKEN_EXPIRED) from None
@@ -218,6 +251,25 @@ class AccessTokens:
             session_id=str(claims["sid"]),
             expires_at=int(claims["exp"]),
         )
+
+    def _kid_of(self, token: str) -> str:
+        """The key id an acceptable JOSE header names (unverified: only to choose the key).
+
+        Every token one key signs has the same header segment, so the segments seen are
+        remembered (a few; only ones that passed): a connect storm parses each once, not
+        once per token. What the segment says is still covered by the signature pyjwt
+        checks, and which key a kid names is looked up anew on every call (a retired key
+        is gone at once)."""
+        segment = token.partition(".")[0]
+        kid = self._kids.get(segment)
+        if kid is None:
+            header = _unverified_header(token)
+            if header.get("alg") != ALGORITHM or _FORBIDDEN_HEADERS & header.keys():
+                raise AuthError("token not accepted")
+            kid = str(header.get("kid", ""))
+            if kid in self.keys.keys and len(self._kids) < _MAX_KNOWN_HEADERS:
+                self._kids[segment] = kid
+        return kid
 
 
 def _unverified_header(token: str) -> dict[str, Any]:

@@ -232,3 +232,39 @@ async def test_forged_tokens_are_refused_at_the_http_and_websocket_boundaries(
 
     ws = await server.connect(origin=None, additional_headers={"Authorization": f"Bearer {forged}"})
     await assert_closed(ws, CloseCode.UNAUTHORIZED)
+
+
+def test_a_retired_key_is_refused_after_its_tokens_were_seen() -> None:
+    # The header segment of a key's tokens is remembered; which key its kid names is not.
+    rotated = KEYS.rotated()
+    tokens = verifier(rotated)
+    old_token = verifier(KEYS).issue(tenant_id="t", subject="u", session_id="s", role="member")
+    assert tokens.verify(old_token.token).id == "u"
+    assert tokens.verify(old_token.token).id == "u"  # its header, remembered, still verifies
+    tokens.use_keys(rotated.retired(KEYS.active))
+    with pytest.raises(AuthError):
+        tokens.verify(old_token.token)
+
+
+def test_a_tampered_token_is_refused_after_the_genuine_one_was_seen() -> None:
+    genuine = forge()
+    assert verifier().verify(genuine).id == "user-1"
+    head, _, signature = genuine.split(".")
+    changed = _b64({**claims(), "role": "owner"})
+    refused(f"{head}.{changed}.{signature}")
+
+
+def test_a_key_that_is_not_an_hmac_secret_is_refused_every_time() -> None:
+    # pyjwt's key check is remembered for keys that pass it, never for keys that fail.
+    from jwt.algorithms import HMACAlgorithm
+
+    from server.auth.tokens import _KeyCheckedOnce
+
+    pem = b"-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYI\n-----END PUBLIC KEY-----\n"
+    algorithm = _KeyCheckedOnce()
+    for _ in range(2):
+        with pytest.raises(jwt.InvalidKeyError):
+            algorithm.prepare_key(pem)
+    secret = KEYS.keys[KEYS.active]
+    assert algorithm.prepare_key(secret) == HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
+    assert algorithm.prepare_key(secret) == secret

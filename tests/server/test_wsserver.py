@@ -11,17 +11,29 @@ import contextlib
 import json
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import pytest_asyncio
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from protocol.codes import CloseCode
 from server.wsprotocol import SocketProtocol
-from tests.harness import ORIGIN, TIMEOUT, LiveServer, expect, live_server, make_settings, send
+from tests.harness import (
+    ORIGIN,
+    TIMEOUT,
+    LiveServer,
+    assert_closed,
+    expect,
+    live_server,
+    make_settings,
+    send,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -243,3 +255,73 @@ async def test_server_shutdown_closes_sockets_with_1012(
         await expect(ws, "ready")
         server._server.should_exit = True
         assert await _close_code(ws) == 1012
+
+
+# -- a bearer connect: the 101 and ready, and the checks it still gets -----------------------
+
+
+async def test_a_bearer_connect_gets_the_101_and_then_ready(module_server: LiveServer) -> None:
+    # The 101 is held back to share a write with ``ready``: both must still arrive, in order.
+    token = await _token(module_server)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", module_server.port)
+    try:
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        first, size = await asyncio.wait_for(reader.readexactly(2), TIMEOUT)
+        assert first == 0x81  # one unmasked text frame
+        if size == 126:
+            size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TIMEOUT), "big")
+        payload = await asyncio.wait_for(reader.readexactly(size), TIMEOUT)
+        assert json.loads(payload)["type"] == "ready"
+    finally:
+        writer.close()
+
+
+async def _bearer_connect(server: LiveServer, token: str) -> ClientConnection:
+    ws = await websockets.connect(
+        server.ws_url,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        open_timeout=TIMEOUT,
+        close_timeout=0.5,
+    )
+    server.clients.append(ws)
+    return ws
+
+
+async def test_a_revoked_session_is_refused_at_connect(module_server: LiveServer) -> None:
+    tenant = await module_server.tenant()
+    tokens = await module_server.login(tenant, await module_server.user(tenant))
+    first = await _bearer_connect(module_server, tokens["access_token"])
+    assert (await expect(first, "ready"))["user"]  # the session's state is now cached
+    async with module_server.http() as http:
+        answer = await http.post(
+            "/api/v1/auth/logout", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+        )
+        assert answer.status_code == 204
+    await assert_closed(first, CloseCode.REVOKED)
+    again = await _bearer_connect(module_server, tokens["access_token"])
+    await assert_closed(again, CloseCode.REVOKED)
+
+
+async def test_an_expired_token_is_refused_at_connect(module_server: LiveServer) -> None:
+    tenant = await module_server.tenant()
+    user = await module_server.user(tenant)
+    live = jwt.decode(await module_server.access_token(user), options={"verify_signature": False})
+    access = module_server.runtime.auth.access
+    kid = access.keys.current()
+    now = int(time.time())
+    expired = jwt.encode(
+        {**live, "iat": now - 120, "exp": now - 60},
+        access.keys.keys[kid],
+        algorithm="HS256",
+        headers={"kid": kid},
+    )
+    ws = await _bearer_connect(module_server, expired)
+    await assert_closed(ws, CloseCode.TOKEN_EXPIRED)
