@@ -109,7 +109,7 @@ class RequestReader:
             value = value.strip(b" \t")
             if not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
                 raise HandshakeRefused(None)
-            headers.set_insecure(name.decode("ascii"), value.decode("iso-8859-1"))
+            headers[name.decode("ascii")] = value.decode("iso-8859-1")
         if "Transfer-Encoding" in headers or not set(headers.get_all("Content-Length")) <= {"0"}:
             raise HandshakeRefused(None)  # no request body on an upgrade
         try:

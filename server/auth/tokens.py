@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from jwt.algorithms import HMACAlgorithm
 
 from protocol.codes import ErrorCode
 from protocol.errors import AuthError
@@ -38,37 +37,8 @@ _ALGORITHMS = [ALGORITHM]
 _MAX_KNOWN_HEADERS = 16  # header segments remembered (one per key in use, in practice)
 
 
-class _KeyCheckedOnce(HMACAlgorithm):
-    """HS256 as pyjwt does it, with its check of the *key* made once per key.
-
-    pyjwt's ``prepare_key`` refuses an HMAC secret that looks like an asymmetric key (PEM,
-    SSH, DER, a JWK as JSON): an algorithm-confusion guard whose answer depends on the
-    key bytes alone, never on the token. It runs on every verification (trial DER and
-    X.509 loads, a JSON parse), ~15% of a verification, for the same few keys of our key
-    set. Here its answer is remembered per key value; the token's own checks (signature,
-    claims) are untouched."""
-
-    def __init__(self) -> None:
-        super().__init__(HMACAlgorithm.SHA256)
-        self._checked: set[bytes] = set()
-
-    def prepare_key(self, key: str | bytes) -> bytes:
-        if isinstance(key, bytes) and key in self._checked:
-            return key
-        prepared = super().prepare_key(key)  # raises for a key that must not be used
-        if isinstance(key, bytes):
-            if len(self._checked) >= _MAX_CHECKED_KEYS:
-                self._checked.clear()
-            self._checked.add(key)
-        return prepared
-
-
-_MAX_CHECKED_KEYS = 64  # a key set holds a handful; bounded all the same
-# The options merged once, not on every decode (``jwt.decode`` merges them per call), and
-# HS256 with the key check above.
+# The options merged once, not on every decode (``jwt.decode`` merges them per call).
 _JWT = jwt.PyJWT(options={"require": _REQUIRED})
-_JWT._jws.unregister_algorithm(ALGORITHM)
-_JWT._jws.register_algorithm(ALGORITHM, _KeyCheckedOnce())
 
 
 @dataclass(frozen=True, slots=True)
