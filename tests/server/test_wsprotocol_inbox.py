@@ -60,6 +60,8 @@ def _open_protocol() -> tuple[SocketProtocol, _Transport]:
     protocol.conn = ServerProtocol(state=OPEN, max_size=config.ws_max_size)
     protocol.handshake_complete = True
     protocol._raw = None
+    protocol._reader = None  # the request was read
+    protocol._open = True  # and the 101 sent
     return protocol, transport
 
 
