@@ -103,7 +103,7 @@ _pending_acks = Gauge(
 _batch_size = Histogram(
     "baychat_persistence_batch_size",
     "Messages written per persistence transaction",
-    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
     registry=REGISTRY,
 )
 _batch_seconds = Histogram(

@@ -1,10 +1,11 @@
 """Re-encryption of messages written under older master key versions, while the server runs.
 
-The work is a sweep, tenant by tenant, in short batches: read up to ``batch_size`` rows whose
-``key_version`` is below the target, decrypt and encrypt them again under the active version,
-and write each back only if it is still the row that was read (``key_version`` unchanged), so
-a concurrent erasure or a second sweep is never overwritten. Each batch commits on its own:
-an interrupted sweep has lost nothing, and running it again picks up what is left.
+The work is a sweep, tenant by tenant and channel by channel, in short batches: read up to
+``batch_size`` rows whose ``key_version`` is below the target, decrypt and encrypt them again
+under the active version, and write each back only if it is still the row that was read
+(``key_version`` unchanged), so a concurrent erasure or a second sweep is never overwritten.
+Each batch commits on its own: an interrupted sweep has lost nothing, and running it again
+picks up what is left.
 """
 
 from __future__ import annotations
@@ -87,20 +88,39 @@ class Rewrap:
     async def _tenant(
         self, tenant_id: str, result: RewrapResult, on_batch: Callable[[int], None] | None
     ) -> None:
-        after = ""
+        # Channel by channel along the primary key (channel_id, seq): one pass over the
+        # tenant's own rows, however many other tenants share the table and however few rows
+        # are still old, with no index on key_version for every insert to maintain.
+        async with self._engine.transaction("rewrap_channels", tenant_id=tenant_id) as tx:
+            rows = await tx.fetch(
+                "SELECT id FROM channels WHERE tenant_id = $1 ORDER BY id", tenant_id
+            )
+        for row in rows:
+            await self._channel(tenant_id, str(row["id"]), result, on_batch)
+
+    async def _channel(
+        self,
+        tenant_id: str,
+        channel_id: str,
+        result: RewrapResult,
+        on_batch: Callable[[int], None] | None,
+    ) -> None:
+        after = 0
         while True:
             async with self._engine.transaction("rewrap_read", tenant_id=tenant_id) as tx:
                 rows = await tx.fetch(
-                    "SELECT id, channel_id, key_version, envelope FROM messages"
-                    " WHERE tenant_id = $1 AND key_version < $2 AND id > $3 ORDER BY id LIMIT $4",
+                    "SELECT id, channel_id, seq, key_version, envelope FROM messages"
+                    " WHERE tenant_id = $1 AND channel_id = $2 AND seq > $3 AND key_version < $4"
+                    " ORDER BY seq LIMIT $5",
                     tenant_id,
-                    result.target,
+                    channel_id,
                     after,
+                    result.target,
                     self._batch_size,
                 )
             if not rows:
                 return
-            after = str(rows[-1]["id"])
+            after = int(rows[-1]["seq"])
             updates: list[tuple[object, ...]] = []
             for row in rows:
                 try:

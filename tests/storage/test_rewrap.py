@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from server.auth.authority import scope_for_operator
 from storage.keys import MasterKeyring, TenantKeyStore
 from storage.rewrap import Rewrap, key_version_counts
 from storage.store import Store
@@ -77,6 +78,29 @@ async def test_rotation_rewrap_and_status(store: Store) -> None:
     assert (await bodies(store, a))[0] == "message 1 from someone"
     assert len(await bodies(store, b)) == 12
     assert (await rewrap.run()).rewrapped == 0  # idempotent
+
+
+async def test_rewrap_reaches_every_channel_of_every_tenant(store: Store) -> None:
+    # The sweep walks channel by channel: rows spread over several channels per tenant, with
+    # batches that end inside a channel and channels that end inside a batch, all convert.
+    tenant, first = await tenant_with_channel(store)
+    scope = scope_for_operator(tenant.id)
+    second = await store.channels.create(scope, "random", private=False, created_by="someone")
+    empty = await store.channels.create(scope, "empty", private=False, created_by="someone")
+    _, other = await tenant_with_channel(store)
+    await write_messages(store, first, 11)
+    await write_messages(store, second, 4)
+    await write_messages(store, other, 9)
+    rotate(store)
+    await write_messages(store, second, 3, start=5)  # already new: left as they are
+
+    result = await Rewrap(store.engine, store.cipher, batch_size=4).run()
+    assert result.rewrapped == 24
+    assert result.by_tenant == {tenant.id: 15, other.tenant_id: 9}
+    assert await key_version_counts(store.engine) == {2: 27}
+    assert len(await bodies(store, first)) == 11
+    assert len(await bodies(store, second)) == 7
+    assert await bodies(store, empty) == []
 
 
 async def test_rewrap_alongside_a_concurrent_writer(store: Store) -> None:
