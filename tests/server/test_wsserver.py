@@ -263,12 +263,7 @@ async def test_server_shutdown_closes_sockets_with_1012(
 async def test_a_bearer_connect_gets_the_101_and_then_ready(module_server: LiveServer) -> None:
     # The 101 is held back to share a write with ``ready``: both must still arrive, in order.
     token = await _token(module_server)
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
-        f"Authorization: Bearer {token}\r\n\r\n"
-    ).encode()
+    request = _upgrade(extra=f"Authorization: Bearer {token}\r\n")
     reader, writer = await asyncio.open_connection("127.0.0.1", module_server.port)
     try:
         writer.write(request)
