@@ -51,7 +51,7 @@ class PersistenceWorker:
         # A cap, never a wait: ``read`` returns what is already there, so a quiet log is
         # written (and its messages acknowledged) at once. Only a backlog fills a batch, and
         # there 2,000 rows cost ~10 % less CPU per message than 1,000 (fewer commits and
-        # statements; BENCH-NOTES of branch store2), draining it sooner.
+        # statements; docs/BENCHMARKS.md), draining it sooner.
         max_batch: int = 2000,
         block_ms: int = 1000,
         on_batch: Callable[[int, float], None] | None = None,
