@@ -26,6 +26,7 @@ PROGRESS_EVERY_S = 0.5
 TIMEOUT_S = 15.0
 SETTLE_QUIET_S = 0.5
 SETTLE_MAX_S = 60.0
+PUBLISH_TICK_NS = 1_000_000
 
 
 def cpu_seconds() -> float:
@@ -55,6 +56,19 @@ async def sleep_until(deadline_ns: int) -> None:
     delay = (deadline_ns - time.monotonic_ns()) / 1e9
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+class _Schedule:
+    """Where one publisher is in its schedule."""
+
+    __slots__ = ("client", "due", "interval", "prefix", "request_id")
+
+    def __init__(self, client: Client, prefix: bytes, interval: int, due: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.interval = interval
+        self.due = due
+        self.request_id = 0
 
 
 class _Worker:
@@ -167,12 +181,9 @@ class _Worker:
         self.tracker.window.measure = window.measure
         self.tracker.window.stop = window.stop
         senders = [(s, c) for s, c in self.clients if s.publish is not None and s.rate > 0]
-        publishers = [
-            asyncio.create_task(self.publish(spec, client, window, i / len(senders)))
-            for i, (spec, client) in enumerate(senders)
-        ]
+        publishing = asyncio.create_task(self.publish(senders, window))
         await self.measure_cpu(window)
-        await asyncio.gather(*publishers)
+        await publishing
         await sleep_until(window.end)
         await self.settle()
 
@@ -193,25 +204,46 @@ class _Worker:
         await sleep_until(window.stop)
         self.result.cpu_s = cpu_seconds() - before
 
-    async def publish(self, spec: ConnSpec, client: Client, window: Window, phase: float) -> None:
-        """Open loop: every message is due at a fixed time; late ones go out at once."""
-        assert spec.publish is not None
-        prefix = publish_prefix(spec.publish)
-        interval = int(1e9 / spec.rate)
-        # Publishers are spread over one interval (``phase`` in [0, 1)), not all at once.
-        due = window.start + int(phase * interval)
-        request_id = 0
+    async def publish(self, senders: list[tuple[ConnSpec, Client]], window: Window) -> None:
+        """Open loop: every message is due at a fixed time; late ones go out at once.
+
+        One schedule for all the publishers of the process rather than a task each: a
+        wake-up (timer, future, task step) per message cost about as much generator CPU
+        as sending it. The loop's timers only resolve milliseconds anyway, so a wake-up
+        sends what every publisher has due by then, and wake-ups are at least a
+        millisecond apart: a message may go out up to about a millisecond after its due
+        time, which the latency (measured from the due time) includes."""
         size = self.plan.body_size
-        while due < window.stop:
-            await sleep_until(due)
-            if client.transport is None or client.transport.is_disconnected:
-                return
+        schedule: list[_Schedule] = []
+        for i, (spec, client) in enumerate(senders):
+            assert spec.publish is not None
+            interval = int(1e9 / spec.rate)
+            # Publishers are spread over one interval, not all at once.
+            due = window.start + int(i / len(senders) * interval)
+            schedule.append(_Schedule(client, publish_prefix(spec.publish), interval, due))
+        everyone = list(schedule)
+        stop = window.stop
+        while schedule:
+            # At least one tick: the loop rounds a timer to whole milliseconds, so a shorter
+            # sleep would wake at once and spin until the next publisher's due time.
+            delay = min(item.due for item in schedule) - time.monotonic_ns()
+            await asyncio.sleep(max(delay, PUBLISH_TICK_NS) / 1e9)
             now = time.monotonic_ns()
-            while due <= now and due < window.stop:
-                request_id += 1
-                client.publish(prefix, request_id, due, size)
-                due += interval
-        self.result.published += request_id
+            for item in schedule:
+                client, due = item.client, item.due
+                if due > now:
+                    continue
+                if client.transport is None or client.transport.is_disconnected:
+                    item.due = stop
+                    continue
+                request_id = item.request_id
+                while due <= now and due < stop:
+                    request_id += 1
+                    client.publish(item.prefix, request_id, due, size)
+                    due += item.interval
+                item.request_id, item.due = request_id, due
+            schedule = [item for item in schedule if item.due < stop]
+        self.result.published += sum(item.request_id for item in everyone)
 
     # -- storm ----------------------------------------------------------------------------
 
