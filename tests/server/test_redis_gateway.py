@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol.codes import CloseCode
 from server.metrics import REGISTRY
 from tests.harness import (
     LiveServer,
-    assert_closed,
     expect_messages,
     live_server,
     make_settings,
@@ -21,6 +19,7 @@ from tests.harness import (
     subscribe,
 )
 from tests.server.broker.rig import drop_namespace, redis_url
+from tests.server.test_slow_consumer import slow_reader_is_closed_and_fast_reader_gets_everything
 
 
 @pytest.fixture
@@ -105,24 +104,6 @@ async def test_a_slow_consumer_on_the_redis_broker_is_closed_and_others_get_ever
     settings = make_settings(tmp_path, broker_url=url, send_queue_frames=64, max_body_bytes=60_000)
     try:
         async with live_server(settings) as server:
-            tenant = await server.tenant()
-            alice, slow, fast = [await server.user(tenant) for _ in range(3)]
-            await server.channel(tenant, "firehose", alice)
-            w_alice = await server.session(tenant, alice)
-            w_fast = await server.session(tenant, fast)
-            w_slow = await server.session(tenant, slow)  # never read until the end
-            await subscribe(w_slow, "firehose")
-            await subscribe(w_fast, "firehose")
-            body = "x" * 50_000
-            count, chunk = 600, 20
-            received: list[dict[str, object]] = []
-            for start in range(0, count, chunk):
-                for i in range(start, start + chunk):
-                    await send(
-                        w_alice, {"type": "publish", "channel": "firehose", "body": f"{i} {body}"}
-                    )
-                received += await expect_messages(w_fast, chunk, timeout=20)
-            assert [m["seq"] for m in received] == list(range(1, count + 1))
-            await assert_closed(w_slow, CloseCode.SLOW_CONSUMER, timeout=20)
+            await slow_reader_is_closed_and_fast_reader_gets_everything(server)
     finally:
         await drop_namespace(url)
