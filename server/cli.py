@@ -66,7 +66,7 @@ def serve(host: str, port: int) -> None:
 
     from server.app import create_app
     from server.logs import logging_config, uvicorn_level
-    from server.wsprotocol import SocketProtocol
+    from server.wsprotocol import HttpEntry, SocketProtocol
 
     settings = Settings.from_env()
     uvicorn.run(
@@ -75,6 +75,9 @@ def serve(host: str, port: int) -> None:
         port=port,
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,
+        # /ws upgrades go straight from the first bytes to SocketProtocol; every other
+        # request to uvicorn's httptools protocol, as before (server.wsprotocol.HttpEntry).
+        http=HttpEntry,
         ws=SocketProtocol,
         ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_timeout_s,

@@ -6,11 +6,11 @@ in a bounded buffer and closes the connection as a slow consumer when it overflo
 
 from __future__ import annotations
 
-import uuid
 from typing import Protocol
 
 from protocol.codes import CloseCode
 from server.auth.principal import Principal
+from storage.ids import new_hex_id
 from storage.models import Channel
 
 
@@ -44,7 +44,7 @@ class Connection:
     __slots__ = ("id", "principal", "subscriptions", "transport")
 
     def __init__(self, transport: Transport, principal: Principal) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = new_hex_id()
         self.transport = transport
         self.principal = principal
         self.subscriptions: dict[str, Subscription] = {}

@@ -17,7 +17,6 @@ import contextlib
 import email.utils
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -50,6 +49,7 @@ from server.proxies import TrustedProxies
 from server.ratelimit import Budget
 from server.transport import AsgiTransport, DirectTransport, SessionTransport
 from server.wsprotocol import EXTENSION
+from storage.ids import new_hex_id
 from storage.models import Channel, Message
 
 if TYPE_CHECKING:
@@ -217,7 +217,7 @@ class DirectGateway:
             _header(headers, "X-Forwarded-Proto") or "",
         )
         incoming = _header(headers, "X-Request-ID") or ""
-        rid = incoming if peer.via_proxy and REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        rid = incoming if peer.via_proxy and REQUEST_ID.fullmatch(incoming) else new_hex_id()
         bind(request_id=rid, conn_id=None, tenant_id=None)
         response = socket.conn.accept(request)
         if response.status_code != 101:

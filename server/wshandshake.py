@@ -32,6 +32,10 @@ _VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
 _CRLF = 2
 
 
+class Unparsable(Exception):
+    """httptools could not parse the head (uvicorn's HTTP protocol answers such bytes 400)."""
+
+
 class HandshakeRefused(Exception):
     """The request cannot be taken: ``response`` is the answer to send before closing, or
     None to close without one."""
@@ -45,13 +49,14 @@ class RequestReader:
     """Feeds the bytes of one upgrade request to httptools; ``feed`` returns the request
     once its head is complete (None until then) or raises ``HandshakeRefused``."""
 
-    __slots__ = ("_complete", "_headers", "_parser", "_url")
+    __slots__ = ("_complete", "_headers", "_parser", "_upgrade", "_url")
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._complete = False
+        self._upgrade = False  # httptools saw an upgrade (Connection: upgrade + Upgrade)
 
     # -- httptools callbacks ----------------------------------------------------------------
 
@@ -69,16 +74,43 @@ class RequestReader:
     def feed(self, data: bytes, conn: ServerProtocol) -> Request | None:
         """``conn`` makes the refusals' responses (``reject``)."""
         try:
+            complete = self.feed_head(data)
+        except Unparsable:
+            raise HandshakeRefused(None) from None
+        return self.request(conn) if complete else None
+
+    def feed_head(self, data: bytes) -> bool:
+        """Parse ``data``: True once the head is complete; ``Unparsable`` if it is not
+        HTTP httptools can read."""
+        try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass  # the head is complete; what follows it is the peer's first frames
+            # The head is complete; what follows it is the peer's first frames.
+            self._upgrade = True
         except httptools.HttpParserError:
-            raise HandshakeRefused(None) from None
-        if not self._complete:
-            return None
-        return self._request(conn)
+            raise Unparsable from None
+        return self._complete
 
-    def _request(self, conn: ServerProtocol) -> Request:
+    def is_websocket_upgrade(self) -> bool:
+        """Whether uvicorn's HTTP protocol would hand this complete head to its WebSocket
+        protocol as it is: HTTP/1.1, an upgrade to ``websocket`` by the test uvicorn applies
+        (its ``HttpToolsProtocol._should_upgrade``: the last ``Connection`` header lists
+        ``upgrade``, the last ``Upgrade`` header is ``websocket``, case-insensitively)."""
+        if not self._upgrade or self._parser.get_http_version() != "1.1":
+            return False
+        connection: list[bytes] = []
+        upgrade = None
+        for name, value in self._headers:
+            lowered = name.lower()
+            if lowered == b"connection":
+                connection = [token.lower().strip() for token in value.split(b",")]
+            elif lowered == b"upgrade":
+                upgrade = value.lower()
+        return upgrade == b"websocket" and b"upgrade" in connection
+
+    def request(self, conn: ServerProtocol) -> Request:
+        """The complete head as a ``Request``, or ``HandshakeRefused`` (``conn`` makes the
+        refusals' responses)."""
         parser = self._parser
         method = parser.get_method()
         version = parser.get_http_version()

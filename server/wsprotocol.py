@@ -28,6 +28,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
@@ -36,7 +37,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from server.wshandshake import HandshakeRefused, RequestReader
+from server.wshandshake import HandshakeRefused, RequestReader, Unparsable
 
 EXTENSION = "baychat.socket"
 _log = logging.getLogger("baychat.gateway")
@@ -211,6 +212,9 @@ def _handler_of(config: Config) -> DirectHandler | None:
     return handler
 
 
+_NOT_ENTRY, _UNDECIDED, _PARSING = 0, 1, 2  # SocketProtocol._entry
+
+
 class SocketProtocol(_FrameWrites, asyncio.Protocol):
     """The protocol uvicorn hands every WebSocket upgrade to (its ``ws=`` class).
 
@@ -232,6 +236,7 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
     __slots__ = (
         "_app_state",
         "_close_timer",
+        "_entry",
         "_frames",
         "_handler",
         "_head",
@@ -281,7 +286,8 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         self._head: bytes | None = None  # a 101 held back to go with the first frame
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._handler = _handler_of(config)
-        self._other: AsgiSocketProtocol | None = None  # the protocol a handed-over one runs
+        # The protocol a handed-over connection runs (another upgrade, or plain HTTP).
+        self._other: AsgiSocketProtocol | HttpToolsProtocol | None = None
         self._raw: list[bytes] | None = []  # the request's bytes, until it is routed
         self._inbox: list[str | bytes | None] = []
         self._waiter: asyncio.Future[None] | None = None
@@ -296,6 +302,9 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         self.close_sent = False
         self.disconnected = False
         self.read_paused = False
+        # As uvicorn's ``http=`` class (``HttpEntry``), until the request is routed:
+        # _UNDECIDED, then _PARSING once its first bytes are those of a ``/ws`` request.
+        self._entry = _NOT_ENTRY
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -374,7 +383,20 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         if raw is not None:
             raw.append(data)
         try:
-            request = reader.feed(data, self.conn)
+            if not reader.feed_head(data):
+                return
+            if self._entry and not reader.is_websocket_upgrade():
+                self._to_http()  # a request uvicorn would not upgrade as it stands
+                return
+            request: Request | None = reader.request(self.conn)
+        except Unparsable:
+            if self._entry:
+                self._to_http()  # uvicorn answers it (400), as before
+                return
+            self._reader = None
+            self.handshake_complete = self.close_sent = True
+            self.transport.close()
+            return
         except HandshakeRefused as refused:
             # Not a request websockets' reader would take: its answer, or none.
             self._reader = None
@@ -400,6 +422,7 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
             self._hand_over()
             return
         self._raw = None
+        self._entry = _NOT_ENTRY
         # The connection's own context, as a task would have: its log fields stay its own.
         context = contextvars.copy_context()
         try:
@@ -417,6 +440,28 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         if self._head is not None:
             # After the session's first step: a 101 it has not sent with a frame goes alone.
             self.loop.call_soon(self._send_head)
+
+    def _to_http(self) -> None:
+        """As uvicorn's ``http=`` class, for anything but a plain ``/ws`` upgrade: uvicorn's
+        own HTTP protocol takes the connection, the bytes read so far and all that follows,
+        and answers exactly as it does when it is the ``http=`` class itself (including
+        handing a WebSocket upgrade it accepts to ``SocketProtocol``, its ``ws=`` class)."""
+        raw = b"".join(self._raw or ())
+        self._raw = self._reader = None
+        self._entry = _NOT_ENTRY
+        http = HttpToolsProtocol(
+            config=self.config,
+            server_state=self._server_state,
+            app_state=self._app_state,
+            _loop=self.loop,
+        )
+        self._other = http
+        self._server_state.connections.discard(self)
+        http.connection_made(self.transport)
+        # Before its data_received: an upgrade it hands on sets the protocol again.
+        self.transport.set_protocol(http)
+        if raw:
+            http.data_received(raw)
 
     def _hand_over(self) -> None:
         """Not ours: uvicorn's ASGI WebSocket protocol takes the connection as it came.
@@ -652,3 +697,78 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
         self._close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
+
+class HttpEntry(SocketProtocol):
+    """uvicorn's ``http=`` class: a ``/ws`` upgrade goes straight to ``SocketProtocol``;
+    every other connection goes, bytes and all, to uvicorn's own HTTP protocol
+    (``HttpToolsProtocol``), which answers it exactly as when it is the ``http=`` class.
+
+    Why: as the ``ws=`` class alone, ``SocketProtocol`` got each upgrade after uvicorn's
+    HTTP protocol had been made for the connection (its flow control, both addresses read
+    from the socket, an ASGI scope begun), had parsed the head and written it out again for
+    the WebSocket protocol to parse a second time: ~8% of the server's CPU per connect in
+    ``storm`` (docs/BENCHMARKS.md). Here the head is parsed once.
+
+    Only a request that uvicorn would hand to its ``ws=`` class unchanged takes the short
+    way: the first bytes are ``GET /ws`` followed by a space or ``?``, the gateway is
+    serving, the head parses, and it is an HTTP/1.1 WebSocket upgrade by uvicorn's own test
+    (``RequestReader.is_websocket_upgrade``). Anything else (another method or path, plain
+    HTTP on ``/ws``, a head httptools cannot parse, HTTP/1.0) is given to
+    ``HttpToolsProtocol``, which answers it as before, and which still hands the upgrades
+    it accepts to ``SocketProtocol`` (still the ``ws=`` class). Refusals of a ``/ws``
+    upgrade (size limits, a bad upgrade, the origin and bearer rules, the rate limit) are
+    ``SocketProtocol``'s and the gateway's, the same whichever way the request came.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._entry = _UNDECIDED
+
+    def data_received(self, data: bytes) -> None:
+        if self._entry != _UNDECIDED:
+            super().data_received(data)
+            return
+        raw = self._raw
+        assert raw is not None
+        raw.append(data)
+        head = b"".join(raw) if len(raw) > 1 else data
+        handler = self._handler
+        if handler is None:
+            self._to_http()
+            return
+        prefix = _request_prefix(handler.path)
+        size = len(prefix)
+        if len(head) <= size:
+            if not prefix.startswith(head):
+                self._to_http()
+            return  # too little yet to tell
+        if not head.startswith(prefix) or head[size] not in _AFTER_PATH or not handler.serving():
+            self._to_http()
+            return
+        self._entry = _PARSING
+        self._raw = []
+        super().data_received(head)
+
+    def shutdown(self) -> None:
+        if self._entry:
+            # No whole request yet: what uvicorn's HTTP protocol does without one.
+            self.transport.close()
+            return
+        super().shutdown()
+
+
+_AFTER_PATH = frozenset(b" ?")
+
+
+def _request_prefix(path: str) -> bytes:
+    """The first bytes of a ``GET`` request for ``path`` (origin form)."""
+    return b"GET " + path.encode("ascii")

@@ -36,6 +36,12 @@ def new_id() -> str:
         return ids.pop()
 
 
+def new_hex_id() -> str:
+    """``uuid.uuid4().hex``, drawn as ``new_id`` draws (connection and request ids: one
+    each per WebSocket connect, where ``uuid4``'s system call per id showed up)."""
+    return new_id().replace("-", "")
+
+
 def _forget_drawn() -> None:
     global _pending
     _pending = threading.local()

@@ -22,7 +22,7 @@ from server.app import create_app
 from server.auth.authority import scope_for_operator
 from server.config import Settings
 from server.runtime import Runtime, make_passwords
-from server.wsprotocol import SocketProtocol
+from server.wsprotocol import HttpEntry, SocketProtocol
 from storage.models import Channel, Role, Tenant, User
 
 PASSWORD = "correct horse battery staple"
@@ -163,9 +163,15 @@ class LiveServer:
 
 @contextlib.asynccontextmanager
 async def live_server(
-    settings: Settings, ws: type[asyncio.Protocol] | str = SocketProtocol
+    settings: Settings,
+    ws: type[asyncio.Protocol] | str = SocketProtocol,
+    http: type[asyncio.Protocol] | str | None = None,
 ) -> AsyncIterator[LiveServer]:
-    """``ws``: uvicorn's WebSocket protocol; the default is the one ``baychat serve`` runs."""
+    """``ws`` and ``http``: uvicorn's WebSocket and HTTP protocols; the defaults are the
+    ones ``baychat serve`` runs (``HttpEntry`` with ``SocketProtocol``; uvicorn's own HTTP
+    protocol with any other ``ws``, so that every upgrade reaches that one)."""
+    if http is None:
+        http = HttpEntry if ws is SocketProtocol else "auto"
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -174,6 +180,7 @@ async def live_server(
         log_level="warning",
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,
+        http=http,
         ws=ws,
         ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_timeout_s,
