@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import uvloop
+
 from server.auth.authority import scope_for_operator, scope_for_system
 from storage.engine import database_user
 from storage.ids import new_id, now_ms
@@ -159,7 +161,16 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1000, help="the worker's max batch")
     parser.add_argument("--size", type=int, default=200, help="body bytes")
-    print(json.dumps(asyncio.run(run(parser.parse_args()))))
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop (default: uvloop, the one `baychat worker` and `baychat serve` run)",
+    )
+    args = parser.parse_args()
+    runner = uvloop.run if args.loop == "uvloop" else asyncio.run
+    result = runner(run(args))
+    print(json.dumps({**result, "loop": args.loop}))
 
 
 if __name__ == "__main__":
