@@ -109,6 +109,11 @@ class Broker(Protocol):
 
     async def publish(self, draft: Draft) -> Published: ...
 
+    def publish_now(self, draft: Draft) -> Published | None:
+        """``publish``, done in the caller's step, when it needs no I/O and no wait; None
+        when it would (the caller then awaits ``publish``). Same guarantees as ``publish``."""
+        ...
+
     async def subscribe(self, tenant_id: str, channel_id: str) -> None:
         """Ask for this channel's fan-out on this node (idempotent)."""
         ...
