@@ -286,6 +286,7 @@ class ClientSession:
         "_receive",
         "_recheck",
         "_refused_at",
+        "_unsettled",
         "conn",
         "runtime",
         "settings",
@@ -314,6 +315,7 @@ class ClientSession:
         self._passed_at = -1  # the latest frame that passed its limits
         self._refused_at: list[int] = []  # rate-limited frames after it
         self._publishing: set[asyncio.Task[None]] = set()
+        self._unsettled = 0  # publishes handed to a task that has not had the broker's answer
         self._budgets: _Budgets | None = None  # made on the first frame
         self._auth_request_id: f.RequestId | None = None
 
@@ -453,7 +455,7 @@ class ClientSession:
         accepted = time.monotonic()
         chat = self.runtime.chat
         draft = chat_draft(self.principal, channel, frame.body, frame.client_msg_id, budget)
-        if not self._publishing:
+        if not self._unsettled:
             # Nothing of this connection's is still on its way to the broker, so a publish
             # the broker takes at once (the in-process one, with room in its log) is taken
             # here, in frame order, without a task per message (most of a publish's cost
@@ -464,6 +466,7 @@ class ClientSession:
                 return
         if len(self._publishing) >= MAX_PUBLISHING:
             await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+        self._unsettled += 1
         task = asyncio.ensure_future(
             self._publish(frame, draft, channel.name, budget, frame_no, accepted)
         )
@@ -661,6 +664,10 @@ class ClientSession:
         except Exception as exc:
             self._failed(exc, frame.id, frame_no)
             return
+        finally:
+            # Counted here, not by a done callback: that runs an iteration later, after the
+            # next frames, which would then be sent down this path too, and so on.
+            self._unsettled -= 1
         self._published(frame, channel_name, budget, frame_no, accepted, result)
 
     def _published(
