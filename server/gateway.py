@@ -269,6 +269,40 @@ class _Budgets(NamedTuple):
     publish_user_shared: SharedBudget | None  # the broker hits publish_user itself
 
 
+class _Ack:
+    """Sends a publish's ``ack`` once its message is stored (an ``AckCallback``). One object
+    per message waiting, not a closure and its five cells: at 10,000 msgs/s a backlog of
+    waiting acks made the garbage collector a tenth of the gateway's CPU."""
+
+    __slots__ = ("_accepted", "_channel", "_duplicate", "_request_id", "_session")
+
+    def __init__(
+        self,
+        session: ClientSession,
+        accepted: float,
+        request_id: f.RequestId | None,
+        channel: str,
+        duplicate: bool,
+    ) -> None:
+        self._session = session
+        self._accepted = accepted
+        self._request_id = request_id
+        self._channel = channel
+        self._duplicate = duplicate
+
+    def __call__(self, message: Message) -> None:
+        metrics.acked(time.monotonic() - self._accepted)
+        self._session._send(
+            f.Ack(
+                message_id=message.id,
+                seq=message.seq,
+                channel=self._channel,
+                duplicate=self._duplicate,
+                id=self._request_id,
+            )
+        )
+
+
 MAX_PUBLISHING = 64  # a connection's publishes awaiting the broker before it stops reading
 PUBLISH_DRAIN_S = 5.0
 
@@ -683,21 +717,7 @@ class ClientSession:
         else once it is (``AckTracker``)."""
         if budget is not None:
             self._passed(frame_no)
-        request_id = frame.id
-        duplicate = result.duplicate
-
-        def ack(message: Message) -> None:
-            metrics.acked(time.monotonic() - accepted)
-            self._send(
-                f.Ack(
-                    message_id=message.id,
-                    seq=message.seq,
-                    channel=channel_name,
-                    duplicate=duplicate,
-                    id=request_id,
-                )
-            )
-
+        ack = _Ack(self, accepted, frame.id, channel_name, result.duplicate)
         if result.persisted:
             ack(result.message)
         else:
