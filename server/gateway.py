@@ -510,7 +510,7 @@ class ClientSession:
     def _passed(self, frame_no: int) -> None:
         if frame_no > self._passed_at:
             self._passed_at = frame_no
-            if self._refused_at:  # empty but under a flood: no new list per frame
+            if self._refused_at:  # empty except under a flood: no new list per frame
                 self._refused_at = [n for n in self._refused_at if n > frame_no]
 
     def _failed(self, exc: Exception, request_id: f.RequestId | None, frame_no: int) -> None:
