@@ -15,7 +15,9 @@ _REMEMBERED = 65536
 
 class AckTracker:
     def __init__(self) -> None:
-        self._waiting: dict[str, list[AckCallback]] = {}
+        # One callback, or a list when several wait for one message (a retried publish): no
+        # list per message in the common case, one object less for the garbage collector.
+        self._waiting: dict[str, AckCallback | list[AckCallback]] = {}
         self._persisted: OrderedDict[str, Message] = OrderedDict()
 
     def expect(self, message_id: str, callback: AckCallback) -> None:
@@ -23,7 +25,13 @@ class AckTracker:
         if done is not None:
             callback(done)
             return
-        self._waiting.setdefault(message_id, []).append(callback)
+        waiting = self._waiting.get(message_id)
+        if waiting is None:
+            self._waiting[message_id] = callback
+        elif isinstance(waiting, list):
+            waiting.append(callback)
+        else:
+            self._waiting[message_id] = [waiting, callback]
 
     async def wait(self, message_id: str, timeout: float) -> Message:
         """The message once it is persisted; ``TimeoutError`` after ``timeout`` seconds
@@ -39,7 +47,9 @@ class AckTracker:
             return await asyncio.wait_for(future, timeout)
         finally:
             waiting = self._waiting.get(message_id)
-            if waiting is not None and done in waiting:
+            if waiting is done:
+                del self._waiting[message_id]
+            elif isinstance(waiting, list) and done in waiting:
                 waiting.remove(done)
                 if not waiting:
                     del self._waiting[message_id]
@@ -52,8 +62,11 @@ class AckTracker:
                 if len(self._persisted) > _REMEMBERED:
                     self._persisted.popitem(last=False)
                 continue
-            for callback in callbacks:
-                callback(message)
+            if isinstance(callbacks, list):
+                for callback in callbacks:
+                    callback(message)
+            else:
+                callbacks(message)
 
     def pending(self) -> int:
         return len(self._waiting)

@@ -99,17 +99,14 @@ class Chat:
         """``budget``: a shared rate limit the broker checks in the same step
         (``RateLimiter.deferred``)."""
         # Not a coroutine of its own: one frame less per published message.
-        return self.broker.publish(
-            Draft(
-                tenant_id=principal.tenant_id,
-                channel_id=channel.id,
-                channel=channel.name,
-                sender_id=principal.id,
-                body=body,
-                client_msg_id=client_msg_id,
-                budget=budget,
-            )
-        )
+        return self.broker.publish(draft(principal, channel, body, client_msg_id, budget))
+
+    def publish_draft(self, draft: Draft) -> Awaitable[Published]:
+        return self.broker.publish(draft)
+
+    def publish_now(self, draft: Draft) -> Published | None:
+        """``publish`` done at once where the broker can (``Broker.publish_now``), else None."""
+        return self.broker.publish_now(draft)
 
     async def after(
         self, principal: Principal, channel: Channel, since: int, limit: int
@@ -141,6 +138,25 @@ class Chat:
         return await self.store.messages.before(
             scope_for(principal), channel.id, channel.name, before, limit
         )
+
+
+def draft(
+    principal: Principal,
+    channel: Channel,
+    body: str,
+    client_msg_id: str | None,
+    budget: SharedBudget | None,
+) -> Draft:
+    """What a publish by ``principal`` hands the broker."""
+    return Draft(
+        tenant_id=principal.tenant_id,
+        channel_id=channel.id,
+        channel=channel.name,
+        sender_id=principal.id,
+        body=body,
+        client_msg_id=client_msg_id,
+        budget=budget,
+    )
 
 
 def seed_source(store: Store) -> SeedSource:

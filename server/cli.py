@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from protocol.errors import BayChatError
+from server import gcpolicy
 from server.auth.authority import scope_for_operator
 from server.auth.passwords import PasswordPolicyError
 from server.config import Settings
@@ -69,6 +70,7 @@ def serve(host: str, port: int) -> None:
     from server.wsprotocol import HttpEntry, SocketProtocol
 
     settings = Settings.from_env()
+    gcpolicy.tune()
     uvicorn.run(
         create_app(settings),
         host=host,
@@ -123,6 +125,7 @@ def worker(workers: int, http_port: int | None, http_host: str) -> None:
     import uvloop
 
     try:
+        gcpolicy.tune()
         uvloop.run(run_workers(settings, workers, http=http, log_config=log_config))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from storage.models import Message
 from storage.scope import TenantScope
@@ -21,8 +20,7 @@ from storage.store import Store
 _log = logging.getLogger("baychat.worker")
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
+class LogEntry(NamedTuple):  # a tuple: one per message, cheaper to make than a dataclass
     entry_id: str
     message: Message
     origin: str  # the node whose client sent it, to route the ack

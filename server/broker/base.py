@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from storage.messages import IdempotencyRecord
 from storage.models import Message
@@ -46,8 +46,10 @@ class SharedBudget:
     refused: Callable[[float], Exception]  # (unix time the oldest hit leaves the window)
 
 
-@dataclass(frozen=True, slots=True)
-class Draft:
+# Draft and Published are made for every published message, and so is LogEntry: tuples
+# (immutable all the same) cost a third of a frozen dataclass to make (its ``__init__`` sets
+# each field through ``object.__setattr__``).
+class Draft(NamedTuple):
     tenant_id: str
     channel_id: str
     channel: str
@@ -57,8 +59,7 @@ class Draft:
     budget: SharedBudget | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
+class Published(NamedTuple):
     message: Message
     duplicate: bool
     persisted: bool  # already committed (only ever True for a duplicate)
@@ -108,6 +109,11 @@ class Broker(Protocol):
     async def close(self) -> None: ...
 
     async def publish(self, draft: Draft) -> Published: ...
+
+    def publish_now(self, draft: Draft) -> Published | None:
+        """``publish``, done in the caller's step, when it needs no I/O and no wait; None
+        when it would (the caller then awaits ``publish``). Same guarantees as ``publish``."""
+        ...
 
     async def subscribe(self, tenant_id: str, channel_id: str) -> None:
         """Ask for this channel's fan-out on this node (idempotent)."""

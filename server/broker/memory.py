@@ -86,9 +86,32 @@ class MemoryBroker:
                 self._channels[key] = state
         return state
 
-    async def publish(self, draft: Draft) -> Published:
+    def publish_now(self, draft: Draft) -> Published | None:
+        """``publish`` in the caller's step, or None where it would wait: the channel is not
+        loaded yet, or the log is full or publishers wait for room in it (then ``publish``,
+        which waits in line behind them, keeps each channel's log order)."""
         if draft.budget is not None:
             raise ValueError("the in-process broker keeps no shared rate-limit budgets")
+        state = self._channels.get((draft.tenant_id, draft.channel_id))
+        if state is None:
+            return None
+        if draft.client_msg_id is not None:
+            original = state.keys.get((draft.sender_id, draft.client_msg_id))
+            if original is not None:
+                return Published(original, True, original.id not in self._pending)
+        if self._waiting or self._log.full():
+            return None
+        entry = self._allocate(state, draft)
+        self._log.put_nowait(entry)
+        reader = self._reader
+        if reader is not None:
+            _wake(reader)
+        return Published(entry.message, False, False)
+
+    async def publish(self, draft: Draft) -> Published:
+        published = self.publish_now(draft)
+        if published is not None:
+            return published
         state = self._channels.get((draft.tenant_id, draft.channel_id)) or await self._state(
             draft.tenant_id, draft.channel_id
         )
@@ -96,7 +119,21 @@ class MemoryBroker:
             original = state.keys.get((draft.sender_id, draft.client_msg_id))
             if original is not None:
                 return Published(original, True, original.id not in self._pending)
-        # From here to the enqueue nothing awaits, so seq allocation is atomic.
+        # From the allocation to the enqueue nothing awaits but the wait for room in the
+        # log, which keeps arrival order (``_enqueue_in_line``).
+        entry = self._allocate(state, draft)
+        if self._waiting or self._log.full():
+            await self._enqueue_in_line(entry)
+        else:
+            self._log.put_nowait(entry)
+        reader = self._reader
+        if reader is not None:
+            _wake(reader)
+        return Published(entry.message, False, False)
+
+    def _allocate(self, state: _ChannelState, draft: Draft) -> LogEntry:
+        """The channel's next seq and the message's log entry, remembered under its
+        idempotency key (nothing here awaits, so seq allocation is atomic)."""
         state.last_seq += 1
         message = Message(
             tenant_id=draft.tenant_id,
@@ -114,15 +151,7 @@ class MemoryBroker:
             if len(state.keys) > IDEMPOTENCY_WINDOW:
                 state.keys.popitem(last=False)
         self._pending.add(message.id)
-        entry = LogEntry(message.id, message, self.node_id)
-        if self._waiting or self._log.full():
-            await self._enqueue_in_line(entry)
-        else:
-            self._log.put_nowait(entry)
-        reader = self._reader
-        if reader is not None:
-            _wake(reader)
-        return Published(message, False, False)
+        return LogEntry(message.id, message, self.node_id)
 
     async def _enqueue_in_line(self, entry: LogEntry) -> None:
         """Backpressure: the publisher waits for the worker, behind every publisher already

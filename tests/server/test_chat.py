@@ -62,6 +62,33 @@ async def test_seq_is_gap_free_and_ordered_per_channel(server: LiveServer) -> No
     assert [m["body"] for m in received] == [str(i) for i in range(1, 20, 2)]
 
 
+async def test_a_burst_on_new_channels_gets_seqs_in_frame_order(server: LiveServer) -> None:
+    """The first publish on a channel waits while the broker loads the channel; the ones
+    sent behind it on the same connection (the broker may take them at once) must not
+    overtake it."""
+    tenant = await server.tenant()
+    alice = await server.user(tenant)
+    for name in ("north", "south"):
+        await server.channel(tenant, name, alice)
+    ws = await server.session(tenant, alice)
+
+    count = 60
+    for i in range(count):  # one burst, not waiting for acks
+        channel = ("north", "south")[i % 2]
+        await send(ws, {"type": "publish", "channel": channel, "body": f"m{i}", "id": f"p{i}"})
+    acks: dict[str, dict[str, object]] = {}
+    while len(acks) < count:
+        frame = await recv(ws)
+        assert frame["type"] == "ack", frame
+        acks[frame["id"]] = frame
+
+    for parity, channel in enumerate(("north", "south")):
+        sent = [f"p{i}" for i in range(parity, count, 2)]
+        assert [acks[rid]["channel"] for rid in sent] == [channel] * len(sent)
+        assert [acks[rid]["seq"] for rid in sent] == list(range(1, len(sent) + 1))
+        assert not any(acks[rid].get("duplicate") for rid in sent)
+
+
 async def test_reconnect_with_since_gets_exactly_the_missed_messages(server: LiveServer) -> None:
     tenant = await server.tenant()
     alice, bob = await server.user(tenant), await server.user(tenant)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -386,7 +385,7 @@ async def test_a_budget_is_spent_in_the_publish_on_the_window_limits_keeps(
                 await limiter.hit("publish_user", *other)
             spent = limiter.deferred("publish_user", *other)
             with pytest.raises(RateLimitedError):
-                await node.broker.publish(replace(draft, budget=spent))
+                await node.broker.publish(draft._replace(budget=spent))
             assert (await node.publish(tenant_id, channel_id, "free")).message.seq == 5
         finally:
             await limiter.close()
