@@ -36,6 +36,7 @@ _COLUMNS = (
 # Rows encrypted before their insert is sent: small enough that one lane's encryption
 # overlaps another lane's insert, large enough that a statement's fixed cost stays small.
 _CHUNK = 250
+_LANE_ROWS = 2 * _CHUNK
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +60,9 @@ class Messages:
         The channels are shared out among the engine's write lanes (one transaction each,
         run concurrently), a channel wholly in one lane, so each channel's messages still
         commit in order and together; the caller acknowledges only after every lane has
-        committed. Each lane encrypts a chunk while the other lanes' inserts run in the
-        database, so the Python and database work use more than one core. A failed lane
-        fails the batch; the lanes that committed are skipped on replay.
+        committed. Each lane encrypts its next chunk while its own insert and the other
+        lanes' run in the database, so the Python and database work use more than one core.
+        A failed lane fails the batch; the lanes that committed are skipped on replay.
         """
         by_channel: dict[str, list[Message]] = {}
         for scope, message in batch:
@@ -69,7 +70,12 @@ class Messages:
                 scope.check({"tenant_id": message.tenant_id})
             by_channel.setdefault(message.channel_id, []).append(message)
         live: dict[str, bool] = {}
-        lanes: list[list[list[Message]]] = [[] for _ in range(max(1, self._engine.write_lanes))]
+        # A lane per _LANE_ROWS rows at most: a small batch (a quiet log, acks waiting on it)
+        # is one transaction, not several of a few rows each paying their round trips.
+        wanted = -(-len(batch) // _LANE_ROWS)
+        lanes: list[list[list[Message]]] = [
+            [] for _ in range(max(1, min(self._engine.write_lanes, wanted)))
+        ]
         sizes = [0] * len(lanes)
         for messages in sorted(by_channel.values(), key=len, reverse=True):
             tenant_id = messages[0].tenant_id
@@ -99,36 +105,52 @@ class Messages:
             sorted(channels, key=lambda messages: messages[0].tenant_id),
             key=lambda messages: messages[0].tenant_id,
         ):
-            rows = [message for messages in group for message in messages]
-            chunks.extend((tenant_id, rows[i : i + _CHUNK]) for i in range(0, len(rows), _CHUNK))
+            listed = [message for messages in group for message in messages]
+            chunks.extend(
+                (tenant_id, listed[i : i + _CHUNK]) for i in range(0, len(listed), _CHUNK)
+            )
         async with self._engine.transaction("messages_insert_batch", write=True) as tx:
             tenant: str | None = None
-            for tenant_id, messages in chunks:
-                version, envelopes = self._cipher.encrypt_many(
-                    tenant_id, [(m.channel_id, m.id, m.body.encode()) for m in messages]
-                )
+            rows = self._encrypted_rows(*chunks[0])
+            for index, (tenant_id, _) in enumerate(chunks):
                 if tenant_id != tenant:
                     await tx.set_tenant(tenant_id)
                     tenant = tenant_id
-                await tx.insert_rows(
-                    "messages",
-                    _COLUMNS,
-                    [
-                        (
-                            m.tenant_id,
-                            m.channel_id,
-                            m.seq,
-                            m.id,
-                            m.sender_id,
-                            m.client_msg_id,
-                            version,
-                            envelope,
-                            m.sent_at,
-                        )
-                        for m, envelope in zip(messages, envelopes, strict=True)
-                    ],
-                    skip_duplicates_of="id",
+                insert = asyncio.ensure_future(
+                    tx.insert_rows("messages", _COLUMNS, rows, skip_duplicates_of="id")
                 )
+                try:
+                    if index + 1 < len(chunks):
+                        # Encrypt the next chunk while the database stores this one: let the
+                        # insert send its statement first, then do the Python work.
+                        await asyncio.sleep(0)
+                        rows = self._encrypted_rows(*chunks[index + 1])
+                finally:
+                    # Never leave the statement running on the connection alone: an error
+                    # here waits for it before the transaction rolls back.
+                    await asyncio.wait([insert])
+                    if not insert.cancelled():
+                        insert.exception()  # seen here, never logged as unretrieved
+                insert.result()
+
+    def _encrypted_rows(self, tenant_id: str, messages: list[Message]) -> list[tuple[object, ...]]:
+        version, envelopes = self._cipher.encrypt_many(
+            tenant_id, [(m.channel_id, m.id, m.body.encode()) for m in messages]
+        )
+        return [
+            (
+                m.tenant_id,
+                m.channel_id,
+                m.seq,
+                m.id,
+                m.sender_id,
+                m.client_msg_id,
+                version,
+                envelope,
+                m.sent_at,
+            )
+            for m, envelope in zip(messages, envelopes, strict=True)
+        ]
 
     def _decrypt(self, scope: TenantScope, channel: str, row: Row) -> Message:
         scope.check(row)

@@ -115,3 +115,30 @@ async def test_a_refused_batch_is_replayed_exactly_once(store: Store) -> None:
     for s in sides:
         got = await store.messages.after(s.scope, s.channel.id, s.channel.name, 0, 10)
         assert [m.seq for m in got] == [1, 2, 3]
+
+
+async def test_a_large_batch_failing_in_a_later_chunk_commits_none_of_that_lane(
+    store: Store,
+) -> None:
+    # 2,400 rows: several lanes on Postgres, several chunks in each, each lane encrypting its
+    # next chunk while its insert runs. One channel's second chunk hits a taken seq, so its
+    # insert fails while the lane is already on the next chunk: that lane's transaction
+    # must roll back whole and leave its connection usable; the replay stores every
+    # message exactly once.
+    sides = [await side(store) for _ in range(4)]
+    taken = message(sides[0], 400)
+    await write(store, taken)
+    batch = [message(s, seq) for s in sides for seq in range(1, 601)]
+    with pytest.raises(Exception):  # noqa: B017, PT011 - ConflictError; SQLite's own error
+        await write(store, *batch)
+    assert await stored(store.engine, sides[0]) == 1  # only the row stored before
+    replay = [m for m in batch if not (m.channel_id == taken.channel_id and m.seq == 400)]
+    await write(store, *replay)
+    await write(store, *replay)
+    for s in sides:
+        got = await store.messages.after(s.scope, s.channel.id, s.channel.name, 0, 1000)
+        assert [m.seq for m in got] == list(range(1, 601))
+        expected_ids = {m.id for m in batch if m.channel_id == s.channel.id} | (
+            {taken.id} if s is sides[0] else set()
+        )
+        assert {m.id for m in got} <= expected_ids
