@@ -20,7 +20,7 @@ _log = logging.getLogger("baychat.messages")
 
 # The columns a batch insert writes, in row order, with their SQL types (Postgres sends each
 # column as one typed array).
-_COLUMNS = (
+MESSAGE_COLUMNS = (
     ("tenant_id", "text"),
     ("channel_id", "text"),
     ("seq", "bigint"),
@@ -117,7 +117,7 @@ class Messages:
                     await tx.set_tenant(tenant_id)
                     tenant = tenant_id
                 insert = asyncio.ensure_future(
-                    tx.insert_rows("messages", _COLUMNS, rows, skip_duplicates_of="id")
+                    tx.insert_rows("messages", MESSAGE_COLUMNS, rows, skip_duplicates_of="id")
                 )
                 try:
                     if index + 1 < len(chunks):

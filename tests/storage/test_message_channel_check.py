@@ -22,6 +22,7 @@ import pytest_asyncio
 from protocol.errors import ConflictError
 from storage.engine import open_engine
 from storage.ids import new_id
+from storage.messages import MESSAGE_COLUMNS
 from storage.migrations import available, latest_version, migrate, render, split_statements
 from storage.postgres import PostgresEngine
 from tests.backends import PostgresDatabase, fresh_postgres, migrated_postgres
@@ -40,19 +41,6 @@ INSERT_ROWS = (
     " key_version, envelope, sent_at) SELECT * FROM unnest($1::text[], $2::text[],"
     " $3::bigint[], $4::text[], $5::text[], $6::text[], $7::integer[], $8::bytea[],"
     " $9::bigint[])"
-)
-
-
-COLUMNS = (
-    ("tenant_id", "text"),
-    ("channel_id", "text"),
-    ("seq", "bigint"),
-    ("id", "text"),
-    ("sender_id", "text"),
-    ("client_msg_id", "text"),
-    ("key_version", "integer"),
-    ("envelope", "bytea"),
-    ("sent_at", "bigint"),
 )
 
 
@@ -101,7 +89,7 @@ async def insert_rows(
 ) -> None:
     async with engine.transaction("test_insert_rows", write=True) as tx:
         await tx.set_tenant(tenant_id)
-        await tx.insert_rows("messages", COLUMNS, rows, skip_duplicates_of="id")
+        await tx.insert_rows("messages", MESSAGE_COLUMNS, rows, skip_duplicates_of="id")
 
 
 async def stored(db: PostgresDatabase, channel_id: str) -> int:
