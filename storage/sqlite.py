@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import aiosqlite
 
+from protocol.errors import ConflictError
 from storage.engine import Dialect, Row
 
 _PARAM = re.compile(r"\$(\d+)")
@@ -35,15 +37,37 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///") :])
 
 
+_UNIQUE = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+
+
+class _Translated:
+    """A unique or primary key refusing a row is the store's ``ConflictError``, as on
+    Postgres (storage/postgres.py), so callers see one error whichever store they have."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if isinstance(exc, sqlite3.IntegrityError) and exc.sqlite_errorname in _UNIQUE:
+            raise ConflictError("already exists") from None
+
+
+_translated = _Translated()
+
+
 class _SQLiteTx:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self._conn.execute(_translate(sql), args)
+        with _translated:
+            await self._conn.execute(_translate(sql), args)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._conn.executemany(_translate(sql), rows)
+        with _translated:
+            await self._conn.executemany(_translate(sql), rows)
 
     async def insert_rows(
         self,
@@ -58,7 +82,10 @@ class _SQLiteTx:
         names = ", ".join(name for name, _ in columns)
         params = ", ".join(f"?{i}" for i in range(1, len(columns) + 1))
         sql = f"INSERT INTO {table} ({names}) VALUES ({params})"  # noqa: S608 - constants
-        await self._conn.executemany(f"{sql} ON CONFLICT ({skip_duplicates_of}) DO NOTHING", rows)
+        with _translated:
+            await self._conn.executemany(
+                f"{sql} ON CONFLICT ({skip_duplicates_of}) DO NOTHING", rows
+            )
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with self._conn.execute(_translate(sql), args) as cursor:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from protocol.errors import ConflictError
 from server.auth.authority import scope_for_system
 from storage.engine import Engine, open_engine
 from storage.ids import new_id
@@ -129,7 +130,7 @@ async def test_a_large_batch_failing_in_a_later_chunk_commits_none_of_that_lane(
     taken = message(sides[0], 400)
     await write(store, taken)
     batch = [message(s, seq) for s in sides for seq in range(1, 601)]
-    with pytest.raises(Exception):  # noqa: B017, PT011 - ConflictError; SQLite's own error
+    with pytest.raises(ConflictError):
         await write(store, *batch)
     assert await stored(store.engine, sides[0]) == 1  # only the row stored before
     replay = [m for m in batch if not (m.channel_id == taken.channel_id and m.seq == 400)]
