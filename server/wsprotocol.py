@@ -263,6 +263,7 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
     )
 
     close_timeout = 10.0
+    _first_entry = _NOT_ENTRY  # what ``_entry`` starts as (``HttpEntry``: _UNDECIDED)
 
     def __init__(
         self,
@@ -304,7 +305,7 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
         self.read_paused = False
         # As uvicorn's ``http=`` class (``HttpEntry``), until the request is routed:
         # _UNDECIDED, then _PARSING once its first bytes are those of a ``/ws`` request.
-        self._entry = _NOT_ENTRY
+        self._entry = self._first_entry
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -722,16 +723,7 @@ class HttpEntry(SocketProtocol):
     """
 
     __slots__ = ()
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._entry = _UNDECIDED
+    _first_entry = _UNDECIDED
 
     def data_received(self, data: bytes) -> None:
         if self._entry != _UNDECIDED:
