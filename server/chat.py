@@ -93,13 +93,10 @@ class Chat:
         channel: Channel,
         body: str,
         client_msg_id: str | None,
-        *,
-        budget: SharedBudget | None = None,
     ) -> Awaitable[Published]:
-        """``budget``: a shared rate limit the broker checks in the same step
-        (``RateLimiter.deferred``)."""
-        # Not a coroutine of its own: one frame less per published message.
-        return self.broker.publish(draft(principal, channel, body, client_msg_id, budget))
+        """A publish through the HTTP API (a WebSocket session builds its ``draft`` with
+        its shared budget and uses ``publish_now``/``publish_draft``)."""
+        return self.broker.publish(draft(principal, channel, body, client_msg_id, None))
 
     def publish_draft(self, draft: Draft) -> Awaitable[Published]:
         return self.broker.publish(draft)
