@@ -1,8 +1,14 @@
 """Access tokens (JWT, HS256 pinned, key ids for rotation) and opaque refresh tokens.
 
 Access tokens carry ``iss``, ``aud``, ``sub``, ``tid`` (tenant), ``sid`` (session), ``role``,
-``typ: "access"``, ``iat``, ``exp`` and ``jti``; all are required on verification. Headers
-that point at other keys (``jwk``, ``jku``, ``x5u``, ``x5c``) are refused outright.
+``typ: "access"``, ``iat`` and ``exp``, all required on verification, and ``knd`` (the
+principal's kind) when it is not ``user``. Their header is ``alg`` and ``kid``. Headers that
+point at other keys (``jwk``, ``jku``, ``x5u``, ``x5c``) are refused outright.
+
+Nothing else is written, because a token's length is part of what verifying it costs
+(pyjwt checks the base64url alphabet character by character): tokens issued before, with a
+``jti``, ``knd: "user"`` and ``typ: "JWT"`` in the header, verify the same way (a ``jti``
+was never read; ``knd`` defaults to ``user``; the header's ``typ`` is not checked).
 
 Refresh tokens are ``rt1.<tenant id>.<32 random bytes, urlsafe>``; only their SHA-256 is
 stored. The tenant id in the clear lets the auth layer scope the lookup; it is not a secret.
@@ -176,14 +182,18 @@ class AccessTokens:
             "tid": tenant_id,
             "sid": session_id,
             "role": role,
-            "knd": kind,
             "typ": "access",
             "iat": now,
             "exp": now + self.ttl_s,
-            "jti": uuid.uuid4().hex,
         }
+        if kind != "user":  # the default when verifying
+            claims["knd"] = kind
         kid = self.keys.current()
-        token = jwt.encode(claims, self.keys.keys[kid], algorithm=ALGORITHM, headers={"kid": kid})
+        # No ``typ: "JWT"`` in the header (pyjwt leaves it out when it is None): the claims'
+        # ``typ`` says what the token is, and nothing reads the header's.
+        token = jwt.encode(
+            claims, self.keys.keys[kid], algorithm=ALGORITHM, headers={"kid": kid, "typ": None}
+        )
         return IssuedToken(token, claims["exp"])
 
     def use_keys(self, keys: SigningKeys) -> None:

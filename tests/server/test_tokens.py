@@ -79,6 +79,50 @@ def test_forge_makes_acceptable_tokens() -> None:
     assert (principal.tenant_id, principal.id, principal.kind) == ("tenant-1", "user-1", "user")
 
 
+def test_issued_tokens_carry_only_what_a_verifier_reads() -> None:
+    # A token's length is part of what verifying it costs: no jti, no knd for a user, no
+    # typ in the header.
+    token = (
+        verifier()
+        .issue(tenant_id="tenant-1", subject="user-1", session_id="session-1", role="member")
+        .token
+    )
+    assert jwt.get_unverified_header(token) == {"alg": "HS256", "kid": KEYS.active}
+    payload = jwt.decode(token, options={"verify_signature": False})
+    assert set(payload) == {"iss", "aud", "sub", "tid", "sid", "role", "typ", "iat", "exp"}
+    principal = verifier().verify(token)
+    assert (principal.tenant_id, principal.id, principal.kind, principal.session_id) == (
+        "tenant-1",
+        "user-1",
+        "user",
+        "session-1",
+    )
+
+
+def test_a_kind_other_than_user_is_written_and_read() -> None:
+    token = (
+        verifier()
+        .issue(
+            tenant_id="tenant-1",
+            subject="agent-1",
+            session_id="token-1",
+            role="member",
+            kind="agent",
+        )
+        .token
+    )
+    assert jwt.decode(token, options={"verify_signature": False})["knd"] == "agent"
+    assert verifier().verify(token).kind == "agent"
+
+
+def test_tokens_in_the_earlier_format_still_verify() -> None:
+    # Issued before the claims were trimmed: a jti, knd "user" and typ "JWT" in the header.
+    earlier = forge(claims(jti="0" * 32, knd="user"), headers={"typ": "JWT"})
+    assert set(jwt.get_unverified_header(earlier)) == {"alg", "kid", "typ"}
+    principal = verifier().verify(earlier)
+    assert (principal.tenant_id, principal.id, principal.kind) == ("tenant-1", "user-1", "user")
+
+
 @pytest.mark.parametrize("alg", ["none", "None", "NONE"])
 def test_alg_none_is_refused(alg: str) -> None:
     header = {"alg": alg, "typ": "JWT", "kid": KEYS.active}
