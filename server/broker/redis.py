@@ -38,7 +38,8 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -57,7 +58,7 @@ from server.broker.redis_keys import (
     Namespace,
     TenantKeys,
     decode_line,
-    encode_fields,
+    encode_draft,
 )
 from server.broker.redis_log import RedisLog
 from server.broker.redis_scripts import CONTROL, PENDING, PUBLISH, RECENT
@@ -136,7 +137,11 @@ class RedisBroker:
         self._names = Namespace(self.options.namespace)
         self._client = connect(redis_url)
         self._batcher = ScriptBatcher(
-            self._client, PUBLISH, retry_tag=b"noseq", before_retry=self._seed_channels
+            self._client,
+            PUBLISH,
+            retry_tag=b"noseq",
+            before_retry=self._seed_channels,
+            error=_unavailable,
         )
         self._recent_script = self._client.register_script(RECENT)
         self._pending_script = self._client.register_script(PENDING)
@@ -185,19 +190,12 @@ class RedisBroker:
     def publish_now(self, draft: Draft) -> Published | None:
         return None  # every publish is a round trip to Redis
 
-    async def publish(self, draft: Draft) -> Published:
+    def publish(self, draft: Draft) -> asyncio.Future[Published]:
+        # Queued in the caller's step, before anything else can run: publishes reach Redis
+        # in call order, and a caller may take the answer by a done callback (no task).
         keys = self._names.tenant(draft.tenant_id)
-        message = Message(
-            tenant_id=draft.tenant_id,
-            channel_id=draft.channel_id,
-            channel=draft.channel,
-            seq=0,
-            id=new_id(),
-            sender_id=draft.sender_id,
-            body=draft.body,
-            sent_at=now_ms(),
-            client_msg_id=draft.client_msg_id,
-        )
+        message_id = new_id()
+        sent_at = now_ms()
         cmid = draft.client_msg_id
         idem = keys.idem(draft.channel_id, draft.sender_id, cmid) if cmid else f"{keys.base}:-"
         options = self.options
@@ -210,42 +208,65 @@ class RedisBroker:
             keys.epoch,
             idem,
             budget.key if budget else f"{keys.base}:-",
-            encode_fields(message),
+            encode_draft(draft, message_id, sent_at),
             self.node_id,
             keys.fanout(draft.channel_id),
             options.window,
             options.window_ttl_s,
             options.idempotency_ttl_s if cmid else "",
-            message.id,
-            message.sent_at,
+            message_id,
+            sent_at,
             self._epoch,
             options.max_backlog,
             GROUP,
             *((time.time(), budget.limit, budget.window_s) if budget else ("", "", "")),
         )
-        try:
-            # Queued before the first suspension: publishes reach Redis in call order.
-            reply = await self._batcher.submit(args, (draft.tenant_id, draft.channel_id))
-        except RedisError as exc:
-            raise UnavailableError("message broker unavailable; retry later") from exc
+        return self._batcher.submit(
+            args,
+            (draft.tenant_id, draft.channel_id),
+            partial(self._published, draft, message_id, sent_at),
+        )
+
+    def _published(self, draft: Draft, message_id: str, sent_at: int, reply: Any) -> Published:
+        """The publish script's reply as the caller's answer (run by the batcher)."""
         tag = reply[0]
+        budget = draft.budget
         if tag == b"limited" and budget is not None:
             raise budget.refused(float(reply[1]) + budget.window_s)
         if tag == b"full":
             raise RateLimitedError(5.0, "message backlog is full; retry later")
         if tag == b"dup":
-            return self._duplicate(message, reply[1], bool(reply[2]), reply[3])
+            return self._duplicate(draft, reply[1], bool(reply[2]), reply[3])
         if tag != b"ok":
             raise UnavailableError("could not seed the channel's sequence")
-        seq, entry_id, epoch = int(reply[1]), reply[2].decode(), reply[3]
-        published = replace(message, seq=seq)
-        self._remember(published, entry_id, epoch)
-        return Published(published, False, False)
+        message = Message(
+            tenant_id=draft.tenant_id,
+            channel_id=draft.channel_id,
+            channel=draft.channel,
+            seq=int(reply[1]),
+            id=message_id,
+            sender_id=draft.sender_id,
+            body=draft.body,
+            sent_at=sent_at,
+            client_msg_id=draft.client_msg_id,
+        )
+        self._remember(message, reply[2].decode(), reply[3])
+        return Published(message, False, False)
 
-    def _duplicate(self, draft: Message, record: bytes, pending: bool, epoch: bytes) -> Published:
-        seq, message_id, sent_at, entry_id = record.decode().split("|")
+    def _duplicate(self, draft: Draft, record: bytes, pending: bool, epoch: bytes) -> Published:
+        seq, message_id, sent_at_text, entry_id = record.decode().split("|")
         # The record keeps no body: a retry only needs the original id and seq.
-        original = replace(draft, seq=int(seq), id=message_id, sent_at=int(sent_at), body="")
+        original = Message(
+            tenant_id=draft.tenant_id,
+            channel_id=draft.channel_id,
+            channel=draft.channel,
+            seq=int(seq),
+            id=message_id,
+            sender_id=draft.sender_id,
+            body="",
+            sent_at=int(sent_at_text),
+            client_msg_id=draft.client_msg_id,
+        )
         if pending:
             # The ack may be owed to another node (the client moved): watch it here too.
             self._remember(original, entry_id, epoch)
@@ -468,6 +489,12 @@ def open_redis_log(url: str, *, consumer: str) -> RedisLog:
         claim_idle_ms=options.claim_idle_ms,
         owns_client=True,
     )
+
+
+def _unavailable(error: BaseException) -> BaseException:
+    if isinstance(error, RedisError):
+        return UnavailableError("message broker unavailable; retry later")
+    return error
 
 
 def _entry_position(entry_id: str) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from server.broker.base import Draft
 from storage.models import Message
 
 GROUP = "persist"  # the consumer group of the persistence workers on every log stream
@@ -104,6 +105,22 @@ def encode_fields(message: Message) -> bytes:
             message.body,
             message.sent_at,
             message.client_msg_id,
+        )
+    )
+
+
+def encode_draft(draft: Draft, message_id: str, sent_at: int) -> bytes:
+    """``encode_fields`` of the message a draft becomes, without making the message."""
+    return _encoder.encode(
+        (
+            draft.tenant_id,
+            draft.channel_id,
+            draft.channel,
+            message_id,
+            draft.sender_id,
+            draft.body,
+            sent_at,
+            draft.client_msg_id,
         )
     )
 
