@@ -18,6 +18,7 @@ import email.utils
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,7 +39,7 @@ from protocol.errors import (
 from server import metrics
 from server.api.http import bearer_of, bearer_token, client_ip, error_response, request_id
 from server.auth.principal import NEVER, Principal
-from server.broker.base import Draft, Published, SharedBudget
+from server.broker.base import Published, SharedBudget
 from server.chat import Action
 from server.chat import draft as chat_draft
 from server.config import Settings
@@ -348,7 +349,7 @@ class ClientSession:
         self._frame_no = 0
         self._passed_at = -1  # the latest frame that passed its limits
         self._refused_at: list[int] = []  # rate-limited frames after it
-        self._publishing: set[asyncio.Task[None]] = set()
+        self._publishing: set[asyncio.Future[Any]] = set()
         self._unsettled = 0  # publishes handed to a task that has not had the broker's answer
         self._budgets: _Budgets | None = None  # made on the first frame
         self._auth_request_id: f.RequestId | None = None
@@ -500,12 +501,22 @@ class ClientSession:
                 return
         if len(self._publishing) >= MAX_PUBLISHING:
             await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+        pending = chat.publish_draft(draft)
         self._unsettled += 1
-        task = asyncio.ensure_future(
-            self._publish(frame, draft, channel.name, budget, frame_no, accepted)
-        )
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
+        waiting: asyncio.Future[Any]
+        if isinstance(pending, asyncio.Future):
+            # The broker queued it in this step (Redis, behind this connection's earlier
+            # publishes): its answer is taken by a callback, without a task per message.
+            waiting = pending
+            waiting.add_done_callback(
+                partial(self._settled, frame, channel.name, budget, frame_no, accepted)
+            )
+        else:
+            waiting = asyncio.ensure_future(
+                self._publish(frame, pending, channel.name, budget, frame_no, accepted)
+            )
+        self._publishing.add(waiting)
+        waiting.add_done_callback(self._publishing.discard)
 
     def _passed(self, frame_no: int) -> None:
         if frame_no > self._passed_at:
@@ -687,14 +698,14 @@ class ClientSession:
     async def _publish(
         self,
         frame: f.Publish,
-        draft: Draft,
+        pending: Awaitable[Published],
         channel_name: str,
         budget: SharedBudget | None,
         frame_no: int,
         accepted: float,
     ) -> None:
         try:
-            result = await self.runtime.chat.publish_draft(draft)
+            result = await pending
         except Exception as exc:
             self._failed(exc, frame.id, frame_no)
             return
@@ -703,6 +714,25 @@ class ClientSession:
             # next frames, which would then be sent down this path too, and so on.
             self._unsettled -= 1
         self._published(frame, channel_name, budget, frame_no, accepted, result)
+
+    def _settled(
+        self,
+        frame: f.Publish,
+        channel_name: str,
+        budget: SharedBudget | None,
+        frame_no: int,
+        accepted: float,
+        answer: asyncio.Future[Published],
+    ) -> None:
+        """``_publish`` for a publish the broker answers in a future."""
+        self._unsettled -= 1
+        if answer.cancelled():
+            return
+        exc = answer.exception()
+        if isinstance(exc, Exception):
+            self._failed(exc, frame.id, frame_no)
+        elif exc is None:
+            self._published(frame, channel_name, budget, frame_no, accepted, answer.result())
 
     def _published(
         self,

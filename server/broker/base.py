@@ -108,7 +108,11 @@ class Broker(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, draft: Draft) -> Published: ...
+    def publish(self, draft: Draft) -> Awaitable[Published]:
+        """A coroutine, or a future when the broker queued the publish in the caller's step
+        (the Redis broker's batch): then publishes reach the broker in call order without
+        the caller awaiting each, and a caller may take the answer by a done callback."""
+        ...
 
     def publish_now(self, draft: Draft) -> Published | None:
         """``publish``, done in the caller's step, when it needs no I/O and no wait; None

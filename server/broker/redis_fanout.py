@@ -22,7 +22,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from protocol.errors import UnavailableError
-from server.broker.redis_keys import Namespace, decode_line, decode_lines
+from server.broker.redis_keys import Namespace, decode_line
 from storage.models import Message
 
 _log = logging.getLogger("baychat.broker.redis")
@@ -42,7 +42,10 @@ class FanoutSink(Protocol):
 
     def ephemeral(self, tenant_id: str, channel_id: str, frame: bytes, origin: str) -> None: ...
 
-    def persisted(self, messages: list[Message]) -> None: ...
+    def persisted(self, notice: bytes) -> None:
+        """A worker's notice that messages published from this node are stored
+        (``redis_keys.encode_lines``)."""
+        ...
 
     def control(self, entry_id: str, payload: bytes) -> None: ...
 
@@ -244,7 +247,7 @@ class Fanout:
     async def _dispatch(self, channel: bytes, data: bytes) -> None:
         try:
             if channel == self._node_channel:
-                self._sink.persisted(decode_lines(data))
+                self._sink.persisted(data)
                 return
             if channel == self._control_channel:
                 entry_id, _, payload = data.partition(b"|")

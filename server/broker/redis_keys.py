@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from server.broker.base import Draft
 from storage.models import Message
 
 GROUP = "persist"  # the consumer group of the persistence workers on every log stream
@@ -108,6 +109,22 @@ def encode_fields(message: Message) -> bytes:
     )
 
 
+def encode_draft(draft: Draft, message_id: str, sent_at: int) -> bytes:
+    """``encode_fields`` of the message a draft becomes, without making the message."""
+    return _encoder.encode(
+        (
+            draft.tenant_id,
+            draft.channel_id,
+            draft.channel,
+            message_id,
+            draft.sender_id,
+            draft.body,
+            sent_at,
+            draft.client_msg_id,
+        )
+    )
+
+
 def encode_line(message: Message) -> bytes:
     return b"%d|" % message.seq + encode_fields(message)
 
@@ -140,3 +157,25 @@ def encode_lines(messages: list[Message]) -> bytes:
 
 def decode_lines(data: bytes) -> list[Message]:
     return [decode_line(line.encode()) for line in msgspec.json.decode(data, type=list[str])]
+
+
+class _Head(msgspec.Struct, array_like=True):
+    """The leading fields of an encoded message (the rest of the array is skipped)."""
+
+    tenant_id: str
+    channel_id: str
+    channel: str
+    id: str
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
+
+
+def decode_ids(data: bytes) -> list[tuple[str, str]]:
+    """``encode_lines``' messages as (message id, line) without decoding the rest of each
+    line (``decode_line(line.encode())`` does): a reader that already holds most of the
+    messages decodes only the others."""
+    return [
+        (_head_decoder.decode(line.partition("|")[2]).id, line)
+        for line in msgspec.json.decode(data, type=list[str])
+    ]

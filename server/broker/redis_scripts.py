@@ -11,9 +11,11 @@ from __future__ import annotations
 
 # KEYS: seq, window, log, epoch, idem (a never-written dummy when there is no client_msg_id),
 #       budget (the shared rate limit's window; a never-written dummy when there is none)
-# ARGV: fields, origin node, fan-out channel, window size, window ttl, idem ttl ('' = none),
-#       message id, sent_at, epoch candidate, max backlog, consumer group,
-#       budget: now (unix seconds, '' = no budget), limit, window seconds
+# ARGV: per message: fields, idem ttl ('' = none), message id, sent_at,
+#       budget: now (unix seconds, '' = no budget), limit, window seconds;
+#       then the same for every publish of a channel from this node (packed once):
+#       origin node, fan-out channel, window size, window ttl, epoch candidate,
+#       max backlog, consumer group
 # -> {'noseq'} | {'limited', oldest hit} | {'full'} | {'dup', record, pending 0|1, epoch}
 #    | {'ok', seq, entry id, epoch}
 # The budget is the ``limits`` library's moving window (its acquire_moving_window.lua, one
@@ -23,10 +25,10 @@ from __future__ import annotations
 PUBLISH = """
 local seq = redis.call('GET', KEYS[1])
 if not seq then return {'noseq'} end
-if ARGV[12] ~= '' then
-  local now = tonumber(ARGV[12])
-  local limit = tonumber(ARGV[13])
-  local expiry = tonumber(ARGV[14])
+if ARGV[5] ~= '' then
+  local now = tonumber(ARGV[5])
+  local limit = tonumber(ARGV[6])
+  local expiry = tonumber(ARGV[7])
   local oldest = redis.call('LINDEX', KEYS[6], limit - 1)
   if oldest and tonumber(oldest) >= now - expiry then
     return {'limited', oldest}
@@ -37,10 +39,10 @@ if ARGV[12] ~= '' then
 end
 local epoch = redis.call('GET', KEYS[4])
 if not epoch then
-  epoch = ARGV[9]
+  epoch = ARGV[12]
   redis.call('SET', KEYS[4], epoch)
 end
-if ARGV[6] ~= '' then
+if ARGV[2] ~= '' then
   local prior = redis.call('GET', KEYS[5])
   if prior then
     local xid = string.match(prior, '|([^|]*)$')
@@ -52,21 +54,21 @@ if ARGV[6] ~= '' then
   end
 end
 if redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[11], '0', 'MKSTREAM')
-elseif redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[10]) then
+  redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[14], '0', 'MKSTREAM')
+elseif redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[13]) then
   return {'full'}
 end
 seq = redis.call('INCR', KEYS[1])
 local line = seq .. '|' .. ARGV[1]
-local xid = redis.call('XADD', KEYS[3], '*', 'o', ARGV[2], 'm', line)
+local xid = redis.call('XADD', KEYS[3], '*', 'o', ARGV[8], 'm', line)
 redis.call('RPUSH', KEYS[2], line)
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-if ARGV[6] ~= '' then
-  redis.call('SET', KEYS[5], seq .. '|' .. ARGV[7] .. '|' .. ARGV[8] .. '|' .. xid,
-             'EX', ARGV[6])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[10]), -1)
+redis.call('EXPIRE', KEYS[2], ARGV[11])
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[5], seq .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. xid,
+             'EX', ARGV[2])
 end
-redis.call('PUBLISH', ARGV[3], 'm' .. line)
+redis.call('PUBLISH', ARGV[9], 'm' .. line)
 return {'ok', seq, xid, epoch}
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from tests.harness import (
     live_server,
     make_settings,
     publish,
+    recv,
     send,
     subscribe,
 )
@@ -57,6 +59,41 @@ async def test_chat_and_recovery_through_redis_with_an_embedded_worker(
     assert subscribed["recovered"] is True
     missed = await expect_messages(wb2, 3)
     assert [(m["seq"], m["body"]) for m in missed] == [(4, "m3"), (5, "m4"), (6, "m5")]
+
+
+async def test_publishes_in_flight_on_one_connection_keep_frame_order(
+    redis_server: LiveServer,
+) -> None:
+    """Publishes the broker answers by callback, many at once on one connection: each gets
+    the seq of its frame's place, a duplicate in the stream gets its original, and a frame
+    refused before the broker takes nothing from the order."""
+    server = redis_server
+    tenant = await server.tenant()
+    alice = await server.user(tenant)
+    await server.channel(tenant, "order", alice)
+    ws = await server.session(tenant, alice)
+    too_big = "x" * (server.settings.max_body_bytes + 1)
+    frames: list[dict[str, Any]] = []
+    for i in range(120):
+        frames.append({"type": "publish", "channel": "order", "body": f"m{i}", "id": f"r{i}"})
+        frames[-1]["client_msg_id"] = f"c{i}"
+        if i == 40:
+            frames.append({"type": "publish", "channel": "order", "body": too_big, "id": "big"})
+        if i == 80:  # a retry of an earlier frame, sent while both are in flight
+            retry = {"type": "publish", "channel": "order", "body": "m5", "id": "again"}
+            frames.append({**retry, "client_msg_id": "c5"})
+    for frame in frames:  # not waiting for any answer
+        await send(ws, frame)
+    replies: dict[str, dict[str, Any]] = {}
+    while len(replies) < len(frames):
+        reply = await recv(ws)
+        replies[reply["id"]] = reply
+    assert replies["big"]["type"] == "error"
+    assert [replies[f"r{i}"]["seq"] for i in range(120)] == list(range(1, 121))
+    assert not any(replies[f"r{i}"].get("duplicate") for i in range(120))
+    again = replies["again"]
+    assert (again["type"], again["duplicate"], again["seq"]) == ("ack", True, 6)
+    assert again["message_id"] == replies["r5"]["message_id"]
 
 
 def _counter(name: str) -> float:

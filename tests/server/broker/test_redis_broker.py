@@ -16,9 +16,12 @@ from protocol.errors import RateLimitedError, UnavailableError
 from server.auth.authority import scope_for_system
 from server.broker import redis as redis_broker
 from server.broker import redis_fanout
-from server.broker.base import ControlEvent, Draft, open_log
-from server.broker.redis_keys import GROUP
+from server.broker.base import ControlEvent, Draft, Published, open_log
+from server.broker.redis_batch import ScriptArgs, ScriptBatcher, pack
+from server.broker.redis_keys import GROUP, encode_lines
 from server.ratelimit import RateLimiter
+from storage.ids import new_id
+from storage.models import Message
 from storage.store import Store
 from storage.worker import LogEntry
 from tests.backends import OwnRedis, own_redis
@@ -403,3 +406,70 @@ def test_budgets_ride_with_a_publish_only_to_the_brokers_own_redis(tmp_path: Pat
         limiter = RateLimiter(make_settings(tmp_path, **overrides))
         assert (limiter.deferred("publish_user", "t", "user", "u") is not None) is defers
         assert limiter.deferred("publish_connection", "c") is None  # per connection: memory
+
+
+async def test_publishes_are_queued_in_the_callers_step_and_answered_by_callbacks_in_order(
+    store: Store,
+) -> None:
+    async with open_rig("redis", store, store_seed(store)) as rig:
+        tenant_id, channel_id = await make_channel(store)
+        node = await rig.node()
+        answered: list[Published] = []
+        futures = []
+        for i in range(50):  # no await in between: each publish has its place already
+            draft = Draft(tenant_id, channel_id, "general", "a", f"m{i}", None)
+            future = node.broker.publish(draft)
+            assert isinstance(future, asyncio.Future)
+            future.add_done_callback(lambda f: answered.append(f.result()))
+            futures.append(future)
+        await asyncio.gather(*futures)
+        await asyncio.sleep(0)  # the last callbacks run in the next turn
+        assert [p.message.body for p in answered] == [f"m{i}" for i in range(50)]
+        assert [p.message.seq for p in answered] == list(range(1, 51))
+
+
+async def test_a_persisted_notice_hands_over_remembered_messages_and_decodes_the_rest(
+    store: Store,
+) -> None:
+    async with open_rig("redis", store, store_seed(store)) as rig:
+        rig.tasks[0].cancel()  # no worker: the test sends the notices
+        tenant_id, channel_id = await make_channel(store)
+        node = await rig.node()
+        broker = node.broker
+        assert isinstance(broker, redis_broker.RedisBroker)
+        sent = await node.publish(tenant_id, channel_id, 'a "quoted" | body')
+        stranger = Message(
+            tenant_id, channel_id, 'odd|"name', 7, new_id(), "bob", 'b|"ody', 123, "c|1"
+        )
+        broker.persisted(encode_lines([sent.message, stranger]))
+        assert node.handler.persisted == [sent.message, stranger]
+        assert sent.message.id not in broker._unacked  # no sweep will report it again
+
+
+async def test_a_batch_whose_replies_never_come_fails_after_its_deadline() -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answers the client's handshake, then takes the scripts and never answers.
+        connections.append(writer)
+        while b"EVALSHA" not in (data := await reader.read(1 << 20)):
+            if not data:
+                return
+            writer.write(b"+OK\r\n" * (data.count(b"\r\n*") + 1))  # one per command
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis(port=port)
+    batcher = ScriptBatcher(
+        client, "return 1", error=lambda e: UnavailableError("down"), read_timeout_s=0.2
+    )
+    try:
+        with pytest.raises(UnavailableError):
+            await batcher.submit(ScriptArgs(1, pack(0)))
+    finally:
+        await batcher.close()
+        await client.aclose()
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()
