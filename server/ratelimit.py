@@ -69,7 +69,7 @@ class _SweptMemoryStorage(MemoryStorage):
     def _MemoryStorage__schedule_expiry(self) -> None:  # the library's per-hit timer
         return None
 
-    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+    def _acquire(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         """The library's moving-window hit, without the ``IndexError`` it raises and catches
         on every hit while fewer than ``limit`` entries are in the list."""
         if amount > limit:
@@ -82,21 +82,27 @@ class _SweptMemoryStorage(MemoryStorage):
             events[:0] = [Entry(expiry)] * amount
             return True
 
-    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+    def _incr(self, key: str, expiry: float, amount: int = 1) -> int:
         """The library's fixed-window increment (an expired window starts again at this
-        hit), in one pass under the key's lock: the library's reads the clock and the key
-        twice and calls its per-hit timer hook, two of the three budget checks of every
-        published message (docs/BENCHMARKS.md)."""
+        hit), in one pass: the library's reads the clock and the key twice and calls its
+        per-hit timer hook, two of the three budget checks of every published message
+        (docs/BENCHMARKS.md). No lock: only the loop's thread counts, and the one other
+        thread that touches these counters, the expiry pass, takes none for them either
+        (it drops a window only once its time is up, which this rereads)."""
         now = time.time()
-        with self.locks[key]:
-            if self.expirations.get(key, 0) <= now:
-                self.storage.pop(key, None)
-                self.expirations.pop(key, None)
-            value = self.storage[key] + amount
-            self.storage[key] = value
-            if value == amount:
-                self.expirations[key] = now + expiry
+        if self.expirations.get(key, 0) <= now:
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+        value = self.storage[key] + amount
+        self.storage[key] = value
+        if value == amount:
+            self.expirations[key] = now + expiry
         return value
+
+    # What the strategies call (``limits`` wraps these in its error translator, which has
+    # nothing to translate here: a ``Budget`` calls the functions themselves).
+    acquire_entry = _acquire
+    incr = _incr
 
     def sweep(self) -> None:
         self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
@@ -260,12 +266,12 @@ class Budget:
             limiter._sweep()
         try:
             if self._moving:
-                if storage.acquire_entry(self._key, self._amount, self._expiry):
+                if storage._acquire(self._key, self._amount, self._expiry):
                     return None
                 reset_at = storage.get_moving_window(self._key, self._amount, self._expiry)[0]
                 reset_at += self._expiry
             else:
-                if storage.incr(self._key, self._expiry) <= self._amount:
+                if storage._incr(self._key, self._expiry) <= self._amount:
                     return None
                 reset_at = storage.get_expiry(self._key)
         except Exception as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from protocol.codes import CloseCode
@@ -106,3 +107,46 @@ async def test_a_refusal_by_the_rate_limiter_is_counted_by_policy(tmp_path: Path
         before, "baychat_auth_failures_total", code="unauthorized"
     )
     assert failed == 1
+
+
+def test_per_frame_counts_and_the_ack_histogram_reach_the_exposition() -> None:
+    """Frames and ack latencies are counted in plain integers on the loop and handed to
+    prometheus-client when ``/metrics`` is rendered: the same series and the same bucket
+    rule as a ``Histogram`` ("le": a value on a bound counts in that bucket)."""
+
+    def samples() -> Samples:
+        found: Samples = {}
+        for family in text_string_to_metric_families(metrics.render().decode()):
+            for sample in family.samples:
+                found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return found
+
+    before = samples()
+    for _ in range(3):
+        metrics.frame_in("publish")
+    metrics.frame_in("no-such-type")
+    metrics.frame_out("ack", 2)
+    for latency in (0.0005, 0.001, 0.003, 0.05, 9.0):
+        metrics.acked(latency)
+    after = samples()
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("baychat_frames_in_total", type="publish") == 3
+    assert moved("baychat_frames_in_total", type="invalid") == 1
+    assert moved("baychat_frames_out_total", type="ack") == 2
+    hist = "baychat_ack_latency_seconds"
+    assert moved(f"{hist}_bucket", le="0.001") == 2
+    assert moved(f"{hist}_bucket", le="0.0025") == 2
+    assert moved(f"{hist}_bucket", le="0.005") == 3
+    assert moved(f"{hist}_bucket", le="0.05") == 4
+    assert moved(f"{hist}_bucket", le="2.5") == 4
+    assert moved(f"{hist}_bucket", le="+Inf") == 5
+    assert moved(f"{hist}_count") == 5
+    assert moved(f"{hist}_sum") == pytest.approx(9.0545)
+    again = samples()  # a render hands each count over once
+    assert value(again, "baychat_frames_in_total", type="publish") == value(
+        after, "baychat_frames_in_total", type="publish"
+    )
+    assert value(again, f"{hist}_count") == value(after, f"{hist}_count")
