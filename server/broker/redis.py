@@ -59,7 +59,7 @@ from server.broker.redis_keys import (
     TenantKeys,
     decode_ids,
     decode_line,
-    encode_draft,
+    encode_fields,
 )
 from server.broker.redis_log import RedisLog
 from server.broker.redis_scripts import CONTROL, PENDING, PUBLISH, RECENT
@@ -209,7 +209,7 @@ class RedisBroker:
         message_part = pack(
             keys.idem(draft.channel_id, draft.sender_id, cmid) if cmid else f"{keys.base}:-",
             budget.key if budget else f"{keys.base}:-",
-            encode_draft(draft, message_id, sent_at),
+            encode_fields(draft, message_id, sent_at),
             self.options.idempotency_ttl_s if cmid else "",
             message_id,
             sent_at,
@@ -256,34 +256,14 @@ class RedisBroker:
             return self._duplicate(draft, reply[1], bool(reply[2]), reply[3])
         if tag != b"ok":
             raise UnavailableError("could not seed the channel's sequence")
-        message = Message(
-            tenant_id=draft.tenant_id,
-            channel_id=draft.channel_id,
-            channel=draft.channel,
-            seq=int(reply[1]),
-            id=message_id,
-            sender_id=draft.sender_id,
-            body=draft.body,
-            sent_at=sent_at,
-            client_msg_id=draft.client_msg_id,
-        )
+        message = _message(draft, int(reply[1]), message_id, sent_at, draft.body)
         self._remember(message, reply[2].decode(), reply[3])
         return Published(message, False, False)
 
     def _duplicate(self, draft: Draft, record: bytes, pending: bool, epoch: bytes) -> Published:
         seq, message_id, sent_at_text, entry_id = record.decode().split("|")
         # The record keeps no body: a retry only needs the original id and seq.
-        original = Message(
-            tenant_id=draft.tenant_id,
-            channel_id=draft.channel_id,
-            channel=draft.channel,
-            seq=int(seq),
-            id=message_id,
-            sender_id=draft.sender_id,
-            body="",
-            sent_at=int(sent_at_text),
-            client_msg_id=draft.client_msg_id,
-        )
+        original = _message(draft, int(seq), message_id, int(sent_at_text), "")
         if pending:
             # The ack may be owed to another node (the client moved): watch it here too.
             self._remember(original, entry_id, epoch)
@@ -516,6 +496,21 @@ def open_redis_log(url: str, *, consumer: str) -> RedisLog:
         consumer,
         claim_idle_ms=options.claim_idle_ms,
         owns_client=True,
+    )
+
+
+def _message(draft: Draft, seq: int, message_id: str, sent_at: int, body: str) -> Message:
+    """The message a draft became, as the publish script's reply describes it."""
+    return Message(
+        tenant_id=draft.tenant_id,
+        channel_id=draft.channel_id,
+        channel=draft.channel,
+        seq=seq,
+        id=message_id,
+        sender_id=draft.sender_id,
+        body=body,
+        sent_at=sent_at,
+        client_msg_id=draft.client_msg_id,
     )
 
 

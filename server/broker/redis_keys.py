@@ -15,10 +15,10 @@ which then stores and publishes the very same bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 
-from server.broker.base import Draft
 from storage.models import Message
 
 GROUP = "persist"  # the consumer group of the persistence workers on every log stream
@@ -93,40 +93,42 @@ class TenantKeys:
         return f"{self.base}:ch:{_part(channel_id)}"
 
 
-def encode_fields(message: Message) -> bytes:
-    """A message without its seq (the publish script prepends it)."""
-    return _encoder.encode(
-        (
-            message.tenant_id,
-            message.channel_id,
-            message.channel,
-            message.id,
-            message.sender_id,
-            message.body,
-            message.sent_at,
-            message.client_msg_id,
-        )
-    )
+class MessageFields(Protocol):
+    """What ``encode_fields`` reads: a ``Message``, or the ``Draft`` it is made from."""
+
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def channel_id(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def sender_id(self) -> str: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def client_msg_id(self) -> str | None: ...
 
 
-def encode_draft(draft: Draft, message_id: str, sent_at: int) -> bytes:
-    """``encode_fields`` of the message a draft becomes, without making the message."""
+def encode_fields(fields: MessageFields, message_id: str, sent_at: int) -> bytes:
+    """A message without its seq (the publish script prepends it). A draft is encoded
+    before the message is made: its id and time are given apart."""
     return _encoder.encode(
         (
-            draft.tenant_id,
-            draft.channel_id,
-            draft.channel,
+            fields.tenant_id,
+            fields.channel_id,
+            fields.channel,
             message_id,
-            draft.sender_id,
-            draft.body,
+            fields.sender_id,
+            fields.body,
             sent_at,
-            draft.client_msg_id,
+            fields.client_msg_id,
         )
     )
 
 
 def encode_line(message: Message) -> bytes:
-    return b"%d|" % message.seq + encode_fields(message)
+    return b"%d|" % message.seq + encode_fields(message, message.id, message.sent_at)
 
 
 def decode_fields(seq: int, data: bytes) -> Message:
@@ -153,10 +155,6 @@ def decode_line(line: bytes) -> Message:
 
 def encode_lines(messages: list[Message]) -> bytes:
     return _encoder.encode([encode_line(m).decode() for m in messages])
-
-
-def decode_lines(data: bytes) -> list[Message]:
-    return [decode_line(line.encode()) for line in msgspec.json.decode(data, type=list[str])]
 
 
 class _Head(msgspec.Struct, array_like=True):
