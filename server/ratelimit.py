@@ -23,7 +23,9 @@ CPU, docs/BENCHMARKS.md. Left to itself the synchronous one starts a timer threa
 10 ms of traffic, and the loop waits for each to start.) Expiry only frees memory: a
 strategy never trusts an expired entry, it compares times itself. So the library's expiry
 pass runs here once per ``SWEEP_S`` on the loop's executor, one thread hop per second for
-all keys. Redis counters go through the library's asynchronous Redis storage. The
+all keys. Redis counters go through the library's asynchronous Redis storage, except that
+``hit`` makes the library's moving-window hit through a batch of script calls
+(``server.ratelimit_redis``): same key, list and algorithm, many hits to a round trip. The
 strategies are the same either way.
 
 When the counters live in the broker's own Redis, a publish need not check its shared
@@ -44,7 +46,6 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from limits import RateLimitItem, parse, strategies
-from limits.aio import strategies as aio_strategies
 from limits.aio.storage import RedisStorage
 from limits.storage import MemoryStorage
 from limits.storage.memory import Entry
@@ -52,6 +53,7 @@ from limits.storage.memory import Entry
 from protocol.errors import RateLimitedError, UnavailableError
 from server.broker.base import SharedBudget
 from server.config import Settings
+from server.ratelimit_redis import RedisWindowHits
 
 _log = logging.getLogger("baychat.ratelimit")
 STORAGE_TIMEOUT_S = 1.0
@@ -300,16 +302,16 @@ class RateLimiter:
         # strategy: a fixed window that starts at the connection's first frame.
         self._local = strategies.FixedWindowRateLimiter(self._local_storage)
         self._shared_now: strategies.MovingWindowRateLimiter | None = None
-        self._shared_remote: aio_strategies.MovingWindowRateLimiter | None = None
+        self._remote_hits: RedisWindowHits | None = None
         if isinstance(self._shared_storage, _SweptMemoryStorage):
             self._shared_now = strategies.MovingWindowRateLimiter(self._shared_storage)
             self._memory.append(self._shared_storage)
         else:
-            self._shared_remote = aio_strategies.MovingWindowRateLimiter(self._shared_storage)
+            self._remote_hits = RedisWindowHits(self._shared_storage, timeout_s=STORAGE_TIMEOUT_S)
         # Budgets ride with a publish only where the broker's publish script can reach them:
         # the counters in the broker's own Redis (no separate BAYCHAT_RATE_LIMIT_URL).
         self._defers = (
-            self._shared_remote is not None
+            self._remote_hits is not None
             and not settings.rate_limit_url
             and settings.broker_url.startswith(("redis://", "rediss://"))
         )
@@ -342,12 +344,14 @@ class RateLimiter:
                     return
                 reset_at, _ = now.get_window_stats(item, policy_name, *key)
             else:
-                remote = self._shared_remote
+                remote = self._remote_hits
                 assert remote is not None
-                # Redis calls are bounded by the client's socket timeouts (STORAGE_TIMEOUT_S).
-                if await remote.hit(item, policy_name, *key):
+                # The library's moving window, batched (server/ratelimit_redis.py); a batch's
+                # replies are awaited for at most STORAGE_TIMEOUT_S.
+                refused_until = await remote.hit(item, policy_name, *key)
+                if refused_until is None:
                     return
-                reset_at, _ = await remote.get_window_stats(item, policy_name, *key)
+                reset_at = refused_until
         except Exception as exc:
             _unavailable(policy, exc)
             return
@@ -388,6 +392,8 @@ class RateLimiter:
     async def close(self) -> None:
         if self._sweeping is not None:
             await asyncio.shield(self._sweeping)
+        if self._remote_hits is not None:
+            await self._remote_hits.close()
         bridge = getattr(self._shared_storage, "bridge", None)
         client = getattr(bridge, "storage", None)
         aclose = getattr(client, "aclose", None)
