@@ -24,6 +24,11 @@ from storage.engine import Dialect, Engine, PrivilegedRoleError, Row
 
 _SET_TENANT = "SELECT set_config('app.tenant_id', $1, true)"
 
+# Below this many rows an insert goes straight to ON CONFLICT DO NOTHING: ~4 µs of backend
+# CPU per row against a savepoint's two extra round trips (SAVEPOINT, RELEASE). Batches of a
+# quiet log (a few messages, acks waiting) are far below it; a backlog's chunks far above.
+_SAVEPOINT_MIN_ROWS = 64
+
 # Failures that mean "the database is not there right now", as opposed to a bad statement.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -109,9 +114,9 @@ class _PostgresTx:
         # a replayed batch and needs no temporary table, which the application role may not
         # create. Row-level security checks every row.
         #
-        # A replay is rare (a crash between commit and ``done``), so the rows are first sent
-        # as a plain INSERT inside a savepoint: ON CONFLICT probes the arbiter index once
-        # more per row before inserting (~4 µs of backend CPU per message,
+        # A replay is rare (a crash between commit and ``done``), so the rows of a large
+        # batch are first sent as a plain INSERT inside a savepoint: ON CONFLICT probes the
+        # arbiter index once more per row before inserting (~4 µs of backend CPU per message,
         # docs/BENCHMARKS.md). The unique index still decides: a row already stored (or
         # being stored by a concurrent transaction that commits) fails the plain INSERT, the
         # savepoint is rolled back, and the same rows go again with ON CONFLICT DO NOTHING,
@@ -121,15 +126,22 @@ class _PostgresTx:
         names = ", ".join(name for name, _ in columns)
         arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
         sql = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608 - constants
+        skip = f"{sql} ON CONFLICT ({skip_duplicates_of}) DO NOTHING"
         args = [list(column) for column in zip(*rows, strict=True)]
         with _translated:
+            if len(rows) < _SAVEPOINT_MIN_ROWS:
+                # A few rows: the arbiter probes cost less than the savepoint's two round
+                # trips, which a small batch (acks waiting on it) would wait for.
+                await self._conn.execute(skip, *args)
+                return
             try:
-                async with self._conn.transaction():
-                    await self._conn.execute(sql, *args)
+                await self._conn.execute("SAVEPOINT insert_rows")
+                await self._conn.execute(sql, *args)
+                await self._conn.execute("RELEASE SAVEPOINT insert_rows")
                 return
             except asyncpg.UniqueViolationError:
-                pass
-            await self._conn.execute(f"{sql} ON CONFLICT ({skip_duplicates_of}) DO NOTHING", *args)
+                await self._conn.execute("ROLLBACK TO SAVEPOINT insert_rows")
+            await self._conn.execute(skip, *args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         with _translated:
