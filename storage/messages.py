@@ -109,8 +109,11 @@ class Messages:
             chunks.extend(
                 (tenant_id, listed[i : i + _CHUNK]) for i in range(0, len(listed), _CHUNK)
             )
-        async with self._engine.transaction("messages_insert_batch", write=True) as tx:
-            tenant: str | None = None
+        # The first tenant is set as the transaction opens (no round trip of its own).
+        tenant = chunks[0][0]
+        async with self._engine.transaction(
+            "messages_insert_batch", tenant_id=tenant, write=True
+        ) as tx:
             rows = self._encrypted_rows(*chunks[0])
             for index, (tenant_id, _) in enumerate(chunks):
                 if tenant_id != tenant:
