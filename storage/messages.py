@@ -91,9 +91,13 @@ class Messages:
                 lane = sizes.index(min(sizes))
                 lanes[lane].append(messages)
                 sizes[lane] += len(messages)
+        busy = [channels for channels in lanes if channels]
+        if len(busy) == 1:
+            # Every small batch: one lane, awaited here rather than in a task of its own.
+            await self._write_lane(busy[0])
+            return
         results = await asyncio.gather(
-            *(self._write_lane(channels) for channels in lanes if channels),
-            return_exceptions=True,
+            *(self._write_lane(channels) for channels in busy), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
@@ -109,9 +113,16 @@ class Messages:
             chunks.extend(
                 (tenant_id, listed[i : i + _CHUNK]) for i in range(0, len(listed), _CHUNK)
             )
-        async with self._engine.transaction("messages_insert_batch", write=True) as tx:
-            tenant: str | None = None
+        # The first tenant is set as the transaction opens (no round trip of its own).
+        tenant = chunks[0][0]
+        async with self._engine.transaction(
+            "messages_insert_batch", tenant_id=tenant, write=True
+        ) as tx:
             rows = self._encrypted_rows(*chunks[0])
+            if len(chunks) == 1:
+                # Nothing to encrypt while it runs: the insert needs no task.
+                await tx.insert_rows("messages", MESSAGE_COLUMNS, rows, skip_duplicates_of="id")
+                return
             for index, (tenant_id, _) in enumerate(chunks):
                 if tenant_id != tenant:
                     await tx.set_tenant(tenant_id)

@@ -13,6 +13,7 @@ bytes, which is what the repositories expect from SQLite too.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,20 @@ from protocol.errors import ConflictError, UnavailableError
 from storage.engine import Dialect, Engine, PrivilegedRoleError, Row
 
 _SET_TENANT = "SELECT set_config('app.tenant_id', $1, true)"
+
+# A transaction opens with one simple query (one round trip): BEGIN, RESET ALL (so no
+# session setting, whatever set it, outlives the transaction that follows: the pool's own
+# reset query is not run, see ``_keep_session``) and the tenant, set locally, always ('' for
+# none). The tenant travels as a literal only when it is plainly one (ids are UUIDs: no
+# quote, no backslash can occur); anything else goes as a parameter in a round trip of its
+# own.
+_PLAIN_TENANT = re.compile(r"[0-9A-Za-z_-]{0,64}")
+_BEGIN = {True: "BEGIN READ WRITE; RESET ALL", False: "BEGIN READ ONLY; RESET ALL"}
+
+# Below this many rows an insert goes straight to ON CONFLICT DO NOTHING: ~4 µs of backend
+# CPU per row against a savepoint's two extra round trips (SAVEPOINT, RELEASE). Batches of a
+# quiet log (a few messages, acks waiting) are far below it; a backlog's chunks far above.
+_SAVEPOINT_MIN_ROWS = 64
 
 # Failures that mean "the database is not there right now", as opposed to a bad statement.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -109,9 +124,9 @@ class _PostgresTx:
         # a replayed batch and needs no temporary table, which the application role may not
         # create. Row-level security checks every row.
         #
-        # A replay is rare (a crash between commit and ``done``), so the rows are first sent
-        # as a plain INSERT inside a savepoint: ON CONFLICT probes the arbiter index once
-        # more per row before inserting (~4 µs of backend CPU per message,
+        # A replay is rare (a crash between commit and ``done``), so the rows of a large
+        # batch are first sent as a plain INSERT inside a savepoint: ON CONFLICT probes the
+        # arbiter index once more per row before inserting (~4 µs of backend CPU per message,
         # docs/BENCHMARKS.md). The unique index still decides: a row already stored (or
         # being stored by a concurrent transaction that commits) fails the plain INSERT, the
         # savepoint is rolled back, and the same rows go again with ON CONFLICT DO NOTHING,
@@ -121,15 +136,22 @@ class _PostgresTx:
         names = ", ".join(name for name, _ in columns)
         arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
         sql = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608 - constants
+        skip = f"{sql} ON CONFLICT ({skip_duplicates_of}) DO NOTHING"
         args = [list(column) for column in zip(*rows, strict=True)]
         with _translated:
+            if len(rows) < _SAVEPOINT_MIN_ROWS:
+                # A few rows: the arbiter probes cost less than the savepoint's two round
+                # trips, which a small batch (acks waiting on it) would wait for.
+                await self._conn.execute(skip, *args)
+                return
             try:
-                async with self._conn.transaction():
-                    await self._conn.execute(sql, *args)
+                await self._conn.execute("SAVEPOINT insert_rows")
+                await self._conn.execute(sql, *args)
+                await self._conn.execute("RELEASE SAVEPOINT insert_rows")
                 return
             except asyncpg.UniqueViolationError:
-                pass
-            await self._conn.execute(f"{sql} ON CONFLICT ({skip_duplicates_of}) DO NOTHING", *args)
+                await self._conn.execute("ROLLBACK TO SAVEPOINT insert_rows")
+            await self._conn.execute(skip, *args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         with _translated:
@@ -178,6 +200,7 @@ class PostgresEngine:
                 min_size=self._min_size,
                 max_size=self._max_size,
                 server_settings={"application_name": "baychat"},
+                reset=_keep_session,
             )
         except _UNAVAILABLE as exc:
             raise UnavailableError("database unreachable") from exc
@@ -219,26 +242,45 @@ class PostgresEngine:
         with _translated:
             conn = await self._pool.acquire()
         try:
-            # Read-only unless declared otherwise: a write hidden in a read path fails here
-            # instead of slipping past SQLite's writer lock unnoticed.
-            transaction = conn.transaction(readonly=not write)
-            with _translated:
-                await transaction.start()
-            tx = _PostgresTx(conn)
             try:
-                if tenant_id is not None:
-                    await tx.set_tenant(tenant_id)
-                yield tx
+                # Read-only unless declared otherwise: a write hidden in a read path fails
+                # here instead of slipping past SQLite's writer lock unnoticed.
+                tenant = tenant_id or ""
+                with _translated:
+                    if _PLAIN_TENANT.fullmatch(tenant):
+                        await conn.execute(
+                            f"{_BEGIN[write]}; SELECT set_config('app.tenant_id', '{tenant}', true)"
+                        )
+                    else:
+                        await conn.execute(_BEGIN[write])
+                        await conn.execute(_SET_TENANT, tenant)
+                yield _PostgresTx(conn)
             except BaseException:
                 # A connection that broke mid-transaction is discarded by the pool; the
                 # caller's exception is the one worth seeing.
-                with contextlib.suppress(asyncpg.InterfaceError, *_UNAVAILABLE):
-                    await transaction.rollback()
+                if not conn.is_closed() and conn.is_in_transaction():
+                    with contextlib.suppress(asyncpg.InterfaceError, *_UNAVAILABLE):
+                        await conn.execute("ROLLBACK")
                 raise
             with _translated:
-                await transaction.commit()
+                status = await conn.execute("COMMIT")
+            if status != "COMMIT":
+                # Postgres answers COMMIT of a failed transaction with ROLLBACK, not an
+                # error: a statement failed and its error was swallowed inside. Nothing was
+                # stored, so nothing may be acknowledged.
+                raise RuntimeError(f"transaction {name!r} was rolled back at commit")
         finally:
             await self._pool.release(conn)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release, as a no-op: asyncpg's default sends one more query per
+    transaction (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL). Before this is called the
+    pool has already rolled back any transaction left open. This engine takes no advisory
+    lock, opens no cursor WITH HOLD and listens to nothing; settings are reset and the tenant
+    set at the start of every transaction (``_BEGIN``), so a pooled connection carries no
+    tenant and no setting into the next one."""
+    return None
 
 
 _check: Engine = PostgresEngine("postgresql://")

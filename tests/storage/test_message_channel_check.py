@@ -334,14 +334,19 @@ async def test_the_migration_keeps_existing_messages_and_checks_new_ones(
 # -- the batch insert's replay path (storage/postgres.py insert_rows) -------------------
 
 
+# A small batch goes straight to ON CONFLICT DO NOTHING; a large one tries a plain INSERT in
+# a savepoint first (storage/postgres.py _SAVEPOINT_MIN_ROWS): the same outcome either way.
+@pytest.mark.parametrize("size", [10, 200])
 async def test_a_batch_replayed_while_its_first_delivery_is_uncommitted_is_stored_once(
-    db: PostgresDatabase,
+    db: PostgresDatabase, size: int
 ) -> None:
     """Two workers with the same batch (a redelivery): the second waits on the first's
     uncommitted rows, then skips every one of them; a batch mixing stored and new rows
     stores only the new ones; a different message on a taken (channel, seq) is refused."""
     tenant_id, channel_id = await tenant_with_channel(db)
-    rows = [(tenant_id, channel_id, s, new_id(), "u", None, 1, b"\x01", 0) for s in range(1, 11)]
+    rows = [
+        (tenant_id, channel_id, s, new_id(), "u", None, 1, b"\x01", 0) for s in range(1, size + 1)
+    ]
     engine = PostgresEngine(db.app_url)
     await engine.open()
     try:
@@ -372,13 +377,16 @@ async def test_a_batch_replayed_while_its_first_delivery_is_uncommitted_is_store
             await replaying
         finally:
             await first.close()
-        assert await stored(db, channel_id) == 10
-        more = [(tenant_id, channel_id, s, new_id(), "u", None, 1, b"\x01", 0) for s in (11, 12)]
+        assert await stored(db, channel_id) == size
+        more = [
+            (tenant_id, channel_id, s, new_id(), "u", None, 1, b"\x01", 0)
+            for s in (size + 1, size + 2)
+        ]
         await insert_rows(engine, tenant_id, rows[5:] + more)
-        assert await stored(db, channel_id) == 12
+        assert await stored(db, channel_id) == size + 2
         taken = (tenant_id, channel_id, 3, new_id(), "u", None, 1, b"\x02", 0)
         with pytest.raises(ConflictError):
             await insert_rows(engine, tenant_id, [taken])
     finally:
         await engine.close()
-    assert await stored(db, channel_id) == 12
+    assert await stored(db, channel_id) == size + 2

@@ -312,6 +312,84 @@ async def test_engine_transactions_switch_tenants_on_one_connection(
         await engine.close()
 
 
+async def test_no_session_state_outlives_an_engine_transaction(
+    db: PostgresDatabase, pair: Pair
+) -> None:
+    """The pool skips asyncpg's reset query on release: each transaction resets the session's
+    settings and sets its own tenant as it opens. A tenant and a setting left at session
+    level on the pooled connection (on purpose here: ``is_local`` false, a plain ``SET``)
+    reach no later transaction."""
+    engine = PostgresEngine(db.app_url, min_size=1, max_size=1)
+    await engine.open()
+    try:
+        async with engine.transaction("test_leak", write=True) as tx:
+            pid = await tx.fetchval("SELECT pg_backend_pid()")
+            timeout = await tx.fetchval("SHOW statement_timeout")
+            await tx.execute("SELECT set_config('app.tenant_id', $1, false)", pair.a)
+            await tx.execute("SET statement_timeout = 4321")
+        async with engine.transaction("test_no_tenant") as tx:
+            assert await tx.fetchval("SELECT pg_backend_pid()") == pid
+            for table in TENANT_TABLES:
+                assert await tx.fetch(f"SELECT tenant_id FROM {table}") == [], table  # noqa: S608
+            assert await tx.fetchval("SHOW statement_timeout") == timeout
+        async with engine.transaction("test_tenant_b", tenant_id=pair.b) as tx:
+            assert await tx.fetchval("SELECT pg_backend_pid()") == pid
+            for table in TENANT_TABLES:
+                rows = await tx.fetch(f"SELECT tenant_id FROM {table}")  # noqa: S608
+                assert {r["tenant_id"] for r in rows} == {pair.b}, table
+    finally:
+        await engine.close()
+
+
+async def test_a_tenant_id_that_is_not_a_plain_token_is_bound_as_a_parameter(
+    db: PostgresDatabase, pair: Pair
+) -> None:
+    """Plain ids travel as a literal in the transaction's opening query; anything else as a
+    parameter, so a quote in it is data, never SQL."""
+    engine = PostgresEngine(db.app_url, min_size=1, max_size=1)
+    await engine.open()
+    hostile = f"x', false); SELECT set_config('app.tenant_id', '{pair.a}"
+    try:
+        async with engine.transaction("test_hostile", tenant_id=hostile) as tx:
+            assert await tx.fetchval("SELECT current_setting('app.tenant_id')") == hostile
+            assert await tx.fetch("SELECT tenant_id FROM users") == []
+        async with engine.transaction("test_after") as tx:
+            assert await tx.fetch("SELECT tenant_id FROM users") == []
+    finally:
+        await engine.close()
+
+
+async def test_a_transaction_whose_statement_failed_is_never_reported_committed(
+    db: PostgresDatabase, pair: Pair
+) -> None:
+    """Postgres answers COMMIT of a failed transaction with ROLLBACK, not an error: an error
+    swallowed inside must not let the transaction pass for committed (an ack means stored).
+    Also: a transaction not declared ``write`` stays read-only."""
+    engine = PostgresEngine(db.app_url, min_size=1, max_size=1)
+    await engine.open()
+    try:
+
+        async def delete_in_a_read_only_transaction() -> None:
+            async with engine.transaction("test_read_only", tenant_id=pair.a) as tx:
+                with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                    await tx.execute("DELETE FROM sessions")
+
+        async def delete_then_swallow_an_error() -> None:
+            async with engine.transaction("test_swallowed", tenant_id=pair.a, write=True) as tx:
+                await tx.execute("DELETE FROM sessions")
+                with pytest.raises(asyncpg.DivisionByZeroError):
+                    await tx.fetchval("SELECT 1 / 0")
+
+        with pytest.raises(RuntimeError, match="rolled back at commit"):
+            await delete_in_a_read_only_transaction()
+        with pytest.raises(RuntimeError, match="rolled back at commit"):
+            await delete_then_swallow_an_error()
+        async with engine.transaction("test_count", tenant_id=pair.a) as tx:
+            assert await tx.fetchval("SELECT count(*) FROM sessions") == 1
+    finally:
+        await engine.close()
+
+
 # -- versions and grants ----------------------------------------------------------------
 
 
