@@ -30,21 +30,13 @@ import msgspec
 import uvloop
 from websockets.speedups import apply_mask
 
+from server.wsprotocol import text_frame  # the server's own framing: the same bytes
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 _HEAD_END = b"\r\n\r\n"
 _READY = b'{"type":"ready","protocol":1}'
 _decode = msgspec.json.Decoder()
 _encode = msgspec.json.encode
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A server's (unmasked) text frame."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 65536:
-        return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload
 
 
 class Channels:
