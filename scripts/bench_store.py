@@ -31,7 +31,7 @@ import uvloop
 
 from server.auth.authority import scope_for_operator, scope_for_system
 from storage.engine import database_user
-from storage.ids import new_id, now_ms
+from storage.ids import new_message_id, now_ms
 from storage.keys import MasterKeyring, TenantKeyStore
 from storage.models import Message
 from storage.store import Store
@@ -83,7 +83,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 channel_id,
                 "bench",
                 i // len(channels) + 1,
-                new_id(),
+                new_message_id(),
                 user_id,
                 body,
                 now_ms(),

@@ -27,7 +27,7 @@ from server.auth.authority import scope_for_operator, scope_for_system
 from storage.backup import take_backup
 from storage.crypto import MessageCipher
 from storage.engine import open_engine
-from storage.ids import new_id, now_ms
+from storage.ids import new_message_id, now_ms
 from storage.keys import MasterKeyring, TenantKeyStore
 from storage.models import Message
 from storage.restore import load_backup, verify
@@ -68,7 +68,14 @@ async def fill(store: Store, messages: int, tenants: int, channels: int) -> None
                 (
                     scope_for_system(tenant.id),
                     Message(
-                        tenant.id, channel.id, channel.name, seq, new_id(), "u", BODY, now_ms()
+                        tenant.id,
+                        channel.id,
+                        channel.name,
+                        seq,
+                        new_message_id(),
+                        "u",
+                        BODY,
+                        now_ms(),
                     ),
                 )
                 for seq in range(1, per_channel + 1)

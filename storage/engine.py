@@ -33,9 +33,12 @@ class Tx(Protocol):
         rows: Sequence[Sequence[Any]],
         *,
         skip_duplicates_of: str,
+        constants: Sequence[tuple[str, str, Any]] = (),
     ) -> None:
         """Insert ``rows`` (values in ``columns`` order; each column is ``(name, SQL type)``)
         into ``table``, skipping rows whose ``skip_duplicates_of`` value is already stored.
+        ``constants`` are ``(name, SQL type, value)`` of columns that hold the same value in
+        every row, sent once rather than in each row.
 
         Postgres sends the whole batch as one statement (one array per column, ``unnest``):
         one parse, one plan, one round trip, however many rows. SQLite runs one prepared

@@ -12,22 +12,22 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from storage.crypto import MessageCipher
-from storage.engine import Engine, Row
+from storage.engine import Engine, Row, Tx
 from storage.models import Message
 from storage.scope import TenantScope
 
 _log = logging.getLogger("baychat.messages")
 
-# The columns a batch insert writes, in row order, with their SQL types (Postgres sends each
-# column as one typed array).
-MESSAGE_COLUMNS = (
-    ("tenant_id", "text"),
+# The columns a batch insert writes row by row, in row order, with their SQL types (Postgres
+# sends each as one typed array). A chunk is one tenant's messages encrypted under one key
+# version, so tenant_id and key_version travel once per statement instead (``constants``):
+# two arrays fewer to encode and unnest (docs/BENCHMARKS.md, the sixth session).
+ROW_COLUMNS = (
     ("channel_id", "text"),
     ("seq", "bigint"),
     ("id", "text"),
     ("sender_id", "text"),
     ("client_msg_id", "text"),
-    ("key_version", "integer"),
     ("envelope", "bytea"),
     ("sent_at", "bigint"),
 )
@@ -37,6 +37,17 @@ MESSAGE_COLUMNS = (
 # overlaps another lane's insert, large enough that a statement's fixed cost stays small.
 _CHUNK = 250
 _LANE_ROWS = 2 * _CHUNK
+
+
+async def _insert(tx: Tx, tenant_id: str, version: int, rows: list[tuple[object, ...]]) -> None:
+    """One chunk: one tenant's messages under one key version, which travel once."""
+    await tx.insert_rows(
+        "messages",
+        ROW_COLUMNS,
+        rows,
+        constants=(("tenant_id", "text", tenant_id), ("key_version", "integer", version)),
+        skip_duplicates_of="id",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,24 +129,22 @@ class Messages:
         async with self._engine.transaction(
             "messages_insert_batch", tenant_id=tenant, write=True
         ) as tx:
-            rows = self._encrypted_rows(*chunks[0])
+            encrypted = self._encrypted_rows(*chunks[0])
             if len(chunks) == 1:
                 # Nothing to encrypt while it runs: the insert needs no task.
-                await tx.insert_rows("messages", MESSAGE_COLUMNS, rows, skip_duplicates_of="id")
+                await _insert(tx, tenant, *encrypted)
                 return
             for index, (tenant_id, _) in enumerate(chunks):
                 if tenant_id != tenant:
                     await tx.set_tenant(tenant_id)
                     tenant = tenant_id
-                insert = asyncio.ensure_future(
-                    tx.insert_rows("messages", MESSAGE_COLUMNS, rows, skip_duplicates_of="id")
-                )
+                insert = asyncio.ensure_future(_insert(tx, tenant_id, *encrypted))
                 try:
                     if index + 1 < len(chunks):
                         # Encrypt the next chunk while the database stores this one: let the
                         # insert send its statement first, then do the Python work.
                         await asyncio.sleep(0)
-                        rows = self._encrypted_rows(*chunks[index + 1])
+                        encrypted = self._encrypted_rows(*chunks[index + 1])
                 finally:
                     # Never leave the statement running on the connection alone: an error
                     # here waits for it before the transaction rolls back.
@@ -144,22 +153,15 @@ class Messages:
                         insert.exception()  # seen here, never logged as unretrieved
                 insert.result()
 
-    def _encrypted_rows(self, tenant_id: str, messages: list[Message]) -> list[tuple[object, ...]]:
+    def _encrypted_rows(
+        self, tenant_id: str, messages: list[Message]
+    ) -> tuple[int, list[tuple[object, ...]]]:
+        """The key version and the ROW_COLUMNS of one tenant's messages, encrypted."""
         version, envelopes = self._cipher.encrypt_many(
             tenant_id, [(m.channel_id, m.id, m.body.encode()) for m in messages]
         )
-        return [
-            (
-                m.tenant_id,
-                m.channel_id,
-                m.seq,
-                m.id,
-                m.sender_id,
-                m.client_msg_id,
-                version,
-                envelope,
-                m.sent_at,
-            )
+        return version, [
+            (m.channel_id, m.seq, m.id, m.sender_id, m.client_msg_id, envelope, m.sent_at)
             for m, envelope in zip(messages, envelopes, strict=True)
         ]
 

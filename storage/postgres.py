@@ -13,6 +13,7 @@ bytes, which is what the repositories expect from SQLite too.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -94,6 +95,22 @@ class _Translated:
 _translated = _Translated()
 
 
+@functools.cache
+def _insert_sql(
+    table: str, columns: tuple[tuple[str, str], ...], constants: tuple[tuple[str, str], ...]
+) -> str:
+    """``INSERT ... SELECT $1, ..., unnest($k::type[]), ...``: the constants as scalar
+    parameters first, then one array per column. The unnest calls sit in the select list
+    (one ProjectSet node, arrays of one length zip row by row) rather than in FROM, where a
+    function scan first copies every array's elements into a tuplestore: ~0.3 µs of backend
+    CPU per row (docs/BENCHMARKS.md, the sixth session). The table, names and types are
+    the repository's constants, never input; only the values are parameters."""
+    names = ", ".join([name for name, _ in constants] + [name for name, _ in columns])
+    values = [f"${i}::{kind}" for i, (_, kind) in enumerate(constants, 1)]
+    values += [f"unnest(${i}::{kind}[])" for i, (_, kind) in enumerate(columns, len(constants) + 1)]
+    return f"INSERT INTO {table} ({names}) SELECT {', '.join(values)}"
+
+
 class _PostgresTx:
     __slots__ = ("_conn",)
 
@@ -118,6 +135,7 @@ class _PostgresTx:
         rows: Sequence[Sequence[Any]],
         *,
         skip_duplicates_of: str,
+        constants: Sequence[tuple[str, str, Any]] = (),
     ) -> None:
         # One statement whatever the batch size: each column travels as one array (binary
         # protocol) and unnest() turns them back into rows. Unlike COPY it keeps the skip of
@@ -133,11 +151,10 @@ class _PostgresTx:
         # so each row is stored exactly once either way.
         if not rows:
             return
-        names = ", ".join(name for name, _ in columns)
-        arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
-        sql = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608 - constants
+        sql = _insert_sql(table, tuple(columns), tuple((n, k) for n, k, _ in constants))
         skip = f"{sql} ON CONFLICT ({skip_duplicates_of}) DO NOTHING"
-        args = [list(column) for column in zip(*rows, strict=True)]
+        args = [value for _, _, value in constants]
+        args += [list(column) for column in zip(*rows, strict=True)]
         with _translated:
             if len(rows) < _SAVEPOINT_MIN_ROWS:
                 # A few rows: the arbiter probes cost less than the savepoint's two round

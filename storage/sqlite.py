@@ -76,12 +76,16 @@ class _SQLiteTx:
         rows: Sequence[Sequence[Any]],
         *,
         skip_duplicates_of: str,
+        constants: Sequence[tuple[str, str, Any]] = (),
     ) -> None:
         if not rows:
             return
-        names = ", ".join(name for name, _ in columns)
-        params = ", ".join(f"?{i}" for i in range(1, len(columns) + 1))
+        names = ", ".join([name for name, _, _ in constants] + [name for name, _ in columns])
+        params = ", ".join(f"?{i}" for i in range(1, len(constants) + len(columns) + 1))
         sql = f"INSERT INTO {table} ({names}) VALUES ({params})"  # noqa: S608 - constants
+        if constants:
+            values = tuple(value for _, _, value in constants)
+            rows = [values + tuple(row) for row in rows]
         with _translated:
             await self._conn.executemany(
                 f"{sql} ON CONFLICT ({skip_duplicates_of}) DO NOTHING", rows

@@ -22,7 +22,7 @@ from server.broker.base import (
     Published,
     SeedSource,
 )
-from storage.ids import new_id, now_ms
+from storage.ids import new_message_id, now_ms
 from storage.models import Message
 from storage.worker import LogEntry, PersistenceLog
 
@@ -140,7 +140,7 @@ class MemoryBroker:
             channel_id=draft.channel_id,
             channel=draft.channel,
             seq=state.last_seq,
-            id=new_id(),
+            id=new_message_id(),
             sender_id=draft.sender_id,
             body=draft.body,
             sent_at=now_ms(),

@@ -63,7 +63,7 @@ from server.broker.redis_keys import (
 )
 from server.broker.redis_log import RedisLog
 from server.broker.redis_scripts import CONTROL, PENDING, PUBLISH, RECENT
-from storage.ids import new_id, now_ms
+from storage.ids import new_message_id, now_ms
 from storage.models import Message
 from storage.worker import LogEntry, PersistenceLog
 
@@ -202,7 +202,7 @@ class RedisBroker:
         if channel is None:
             channel = self._channel_parts(draft.tenant_id, draft.channel_id)
         keys, keys_part, constant_part = channel
-        message_id = new_id()
+        message_id = new_message_id()
         sent_at = now_ms()
         cmid = draft.client_msg_id
         budget = draft.budget

@@ -22,7 +22,7 @@ import pytest_asyncio
 from protocol.errors import ConflictError
 from storage.engine import open_engine
 from storage.ids import new_id
-from storage.messages import MESSAGE_COLUMNS
+from storage.messages import ROW_COLUMNS
 from storage.migrations import available, latest_version, migrate, render, split_statements
 from storage.postgres import PostgresEngine
 from tests.backends import PostgresDatabase, fresh_postgres, migrated_postgres
@@ -87,9 +87,19 @@ async def as_tenant(conn: asyncpg.Connection, tenant_id: str, sql: str, *args: o
 async def insert_rows(
     engine: PostgresEngine, tenant_id: str, rows: Sequence[Sequence[object]]
 ) -> None:
+    """Full rows (``INSERT_ROWS``' column order), sent as the worker sends them: tenant_id
+    and key_version once, as constants, the other columns as arrays."""
+    (version,) = {row[6] for row in rows}
+    assert {row[0] for row in rows} == {tenant_id}
     async with engine.transaction("test_insert_rows", write=True) as tx:
         await tx.set_tenant(tenant_id)
-        await tx.insert_rows("messages", MESSAGE_COLUMNS, rows, skip_duplicates_of="id")
+        await tx.insert_rows(
+            "messages",
+            ROW_COLUMNS,
+            [(*row[1:6], *row[7:]) for row in rows],
+            constants=(("tenant_id", "text", tenant_id), ("key_version", "integer", version)),
+            skip_duplicates_of="id",
+        )
 
 
 async def stored(db: PostgresDatabase, channel_id: str) -> int:

@@ -250,6 +250,60 @@ async def test_the_batch_insert_is_held_to_the_tenant_set_for_it(
         await engine.close()
 
 
+async def test_the_batch_insert_with_the_tenant_sent_once_is_held_to_the_tenant_set(
+    db: PostgresDatabase, pair: Pair
+) -> None:
+    """The worker sends tenant_id once per statement, as a scalar parameter, not in each
+    row: row-level security still checks every row it fills in, so tenant B's id sent with
+    tenant A set is refused, and the rows of A written before it in that transaction roll
+    back with it."""
+    engine = PostgresEngine(db.app_url)
+    await engine.open()
+    try:
+        async with engine.transaction("test_seed", tenant_id=pair.b) as tx:
+            channel_b = await tx.fetchval("SELECT id FROM channels LIMIT 1")
+        async with engine.transaction("test_seed", tenant_id=pair.a) as tx:
+            channel_a = await tx.fetchval("SELECT id FROM channels LIMIT 1")
+        columns = (("channel_id", "text"), ("seq", "bigint"), ("id", "text"))
+        columns += (("sender_id", "text"), ("client_msg_id", "text"), ("envelope", "bytea"))
+        columns += (("sent_at", "bigint"),)
+
+        def rows(channel_id: str, first: int) -> list[tuple[object, ...]]:
+            return [
+                (channel_id, seq, new_id(), "x", None, b"\x01", now_ms())
+                for seq in range(first, first + 3)
+            ]
+
+        def tenant(tenant_id: str) -> tuple[tuple[str, str, object], ...]:
+            return (("tenant_id", "text", tenant_id), ("key_version", "integer", 1))
+
+        async def a_then_b() -> None:
+            async with engine.transaction("test_planted", write=True) as tx:
+                await tx.set_tenant(pair.a)
+                await tx.insert_rows(
+                    "messages",
+                    columns,
+                    rows(channel_a, 200),
+                    constants=tenant(pair.a),
+                    skip_duplicates_of="id",
+                )
+                await tx.insert_rows(
+                    "messages",
+                    columns,
+                    rows(channel_b, 200),
+                    constants=tenant(pair.b),
+                    skip_duplicates_of="id",
+                )
+
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            await a_then_b()
+        for tenant_id in (pair.a, pair.b):
+            async with engine.transaction("test_count", tenant_id=tenant_id) as tx:
+                assert await tx.fetchval("SELECT count(*) FROM messages WHERE seq >= 200") == 0
+    finally:
+        await engine.close()
+
+
 async def test_no_tenant_set_sees_no_rows(pair: Pair, app: asyncpg.Connection) -> None:
     async with app.transaction():
         for table in TENANT_TABLES:
