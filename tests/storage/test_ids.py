@@ -7,6 +7,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
+
+import pytest
 
 from storage.ids import new_id, new_message_id
 
@@ -21,34 +24,46 @@ def test_ids_are_canonical_random_uuids() -> None:
         assert str(parsed) == value
 
 
-def test_threads_draw_apart() -> None:
+# Each generator, and the part of its ids that is random (a message id starts with its time).
+GENERATORS = pytest.mark.parametrize(
+    ("make", "random_part"),
+    [(new_id, slice(None)), (new_message_id, slice(14, None))],
+    ids=["object", "message"],
+)
+
+
+@GENERATORS
+def test_threads_draw_apart(make: Callable[[], str], random_part: slice) -> None:
     seen: list[list[str]] = []
 
     def draw() -> None:
-        seen.append([new_id() for _ in range(600)])
+        seen.append([make() for _ in range(600)])
 
     threads = [threading.Thread(target=draw) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    everything = [value for ids in seen for value in ids]
+    everything = [value[random_part] for ids in seen for value in ids]
     assert len(set(everything)) == len(everything) == 2400
 
 
-def test_a_forked_child_does_not_reuse_its_parents_ids() -> None:
-    new_id()  # the parent holds a partly used draw
+@GENERATORS
+def test_a_forked_child_does_not_reuse_its_parents_ids(
+    make: Callable[[], str], random_part: slice
+) -> None:
+    make()  # the parent holds a partly used draw
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its next ids, then leave at once
         os.close(read)
-        os.write(write, ",".join(new_id() for _ in range(10)).encode())
+        os.write(write, ",".join(make()[random_part] for _ in range(10)).encode())
         os._exit(0)
     os.close(write)
     with os.fdopen(read) as pipe:
         child = pipe.read().split(",")
     os.waitpid(pid, 0)
-    parent = [new_id() for _ in range(300)]
+    parent = [make()[random_part] for _ in range(300)]
     assert len(child) == 10
     assert not set(child) & set(parent)
 
@@ -70,33 +85,3 @@ def test_message_ids_are_canonical_time_ordered_uuids() -> None:
     assert stamps == sorted(stamps)
     # Ids of one millisecond still differ in their 74 random bits, not by a counter.
     assert len({value[15:] for value in ids}) == len(ids)
-
-
-def test_threads_and_a_forked_child_draw_message_ids_apart() -> None:
-    seen: list[list[str]] = []
-
-    def draw() -> None:
-        seen.append([new_message_id() for _ in range(600)])
-
-    threads = [threading.Thread(target=draw) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    everything = [value for ids in seen for value in ids]
-    assert len(set(everything)) == len(everything) == 2400
-
-    new_message_id()  # the parent holds a partly used draw
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        os.write(write, ",".join(new_message_id()[14:] for _ in range(10)).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        child = pipe.read().split(",")
-    os.waitpid(pid, 0)
-    parent = [new_message_id()[14:] for _ in range(300)]  # the random part only
-    assert len(child) == 10
-    assert not set(child) & set(parent)
