@@ -28,22 +28,18 @@ from limits.aio.storage.redis.redispy import RedispyBridge
 from redis.asyncio import Redis
 
 from server.broker.redis_batch import ScriptArgs, ScriptBatcher, pack
+from server.broker.redis_scripts import MOVING_WINDOW_HIT
 
 # KEYS: the counter's list. ARGV: now (unix seconds), limit, window seconds.
 # -> 1 when the hit is counted, else {0, the oldest entry in the window}
-ACQUIRE = """
-local now = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local expiry = tonumber(ARGV[3])
-local oldest = redis.call('LINDEX', KEYS[1], limit - 1)
-if oldest and tonumber(oldest) >= now - expiry then
-  return {0, oldest}
-end
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], 0, limit - 1)
-redis.call('EXPIRE', KEYS[1], expiry)
+ACQUIRE = (
+    MOVING_WINDOW_HIT
+    + """
+local oldest = moving_window_hit(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+if oldest then return {0, oldest} end
 return 1
 """
+)
 
 
 class RedisWindowHits:

@@ -9,6 +9,24 @@ seeded from the store (those messages are stored already).
 
 from __future__ import annotations
 
+# The ``limits`` library's moving window for one unit (its acquire_moving_window.lua), as a
+# Lua function for every script that counts a shared rate-limit hit (PUBLISH here,
+# ``server.ratelimit_redis``): nil when the hit is counted, else the window's oldest entry,
+# from which the refusal's reset time follows (plus the window). ``now`` is the caller's
+# unix time as text, stored as given, as the library stores it.
+MOVING_WINDOW_HIT = """
+local function moving_window_hit(key, now, limit, expiry)
+  local oldest = redis.call('LINDEX', key, limit - 1)
+  if oldest and tonumber(oldest) >= tonumber(now) - expiry then
+    return oldest
+  end
+  redis.call('LPUSH', key, now)
+  redis.call('LTRIM', key, 0, limit - 1)
+  redis.call('EXPIRE', key, expiry)
+  return nil
+end
+"""
+
 # KEYS: seq, window, log, epoch, idem (a never-written dummy when there is no client_msg_id),
 #       budget (the shared rate limit's window; a never-written dummy when there is none)
 # ARGV: per message: fields, idem ttl ('' = none), message id, sent_at,
@@ -18,24 +36,18 @@ from __future__ import annotations
 #       max backlog, consumer group
 # -> {'noseq'} | {'limited', oldest hit} | {'full'} | {'dup', record, pending 0|1, epoch}
 #    | {'ok', seq, entry id, epoch}
-# The budget is the ``limits`` library's moving window (its acquire_moving_window.lua, one
-# unit): the same list, the same entries, so its other users see every hit made here. It is
-# consumed before the idempotency check, as the separate check before the publish did. Its
-# key is not in the tenant's slot: on a Redis Cluster the limiter must keep its own check.
-PUBLISH = """
+# The budget is the ``limits`` library's moving window (MOVING_WINDOW_HIT): the same list, the
+# same entries, so its other users see every hit made here. It is consumed before the
+# idempotency check, as the separate check before the publish did. Its key is not in the
+# tenant's slot: on a Redis Cluster the limiter must keep its own check.
+PUBLISH = (
+    MOVING_WINDOW_HIT
+    + """
 local seq = redis.call('GET', KEYS[1])
 if not seq then return {'noseq'} end
 if ARGV[5] ~= '' then
-  local now = tonumber(ARGV[5])
-  local limit = tonumber(ARGV[6])
-  local expiry = tonumber(ARGV[7])
-  local oldest = redis.call('LINDEX', KEYS[6], limit - 1)
-  if oldest and tonumber(oldest) >= now - expiry then
-    return {'limited', oldest}
-  end
-  redis.call('LPUSH', KEYS[6], now)
-  redis.call('LTRIM', KEYS[6], 0, limit - 1)
-  redis.call('EXPIRE', KEYS[6], expiry)
+  local oldest = moving_window_hit(KEYS[6], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
+  if oldest then return {'limited', oldest} end
 end
 local epoch = redis.call('GET', KEYS[4])
 if not epoch then
@@ -71,6 +83,7 @@ end
 redis.call('PUBLISH', ARGV[9], 'm' .. line)
 return {'ok', seq, xid, epoch}
 """
+)
 
 # KEYS: seq, window. ARGV: since.
 # -> {'miss'} when the window does not reach back to since, else {'ok', line, ...}
