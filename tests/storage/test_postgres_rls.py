@@ -14,8 +14,9 @@ import pytest_asyncio
 
 from server.auth.authority import scope_for_operator, scope_for_system
 from server.runtime import Runtime
-from storage.engine import PrivilegedRoleError, open_engine
+from storage.engine import PrivilegedRoleError, Tx, open_engine
 from storage.ids import new_id, now_ms
+from storage.messages import ROW_COLUMNS
 from storage.migrations import SchemaVersionError, latest_version, migrate
 from storage.models import Message
 from storage.postgres import PostgresEngine
@@ -68,6 +69,18 @@ async def app(db: PostgresDatabase) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def one_connection(db: PostgresDatabase) -> AsyncIterator[PostgresEngine]:
+    """The application's engine with a pool of one connection: every transaction of a test
+    runs on the same pooled connection, so anything it leaked would show in the next."""
+    engine = PostgresEngine(db.app_url, min_size=1, max_size=1)
+    await engine.open()
+    try:
+        yield engine
+    finally:
+        await engine.close()
 
 
 async def tenants_seen(conn: asyncpg.Connection, table: str) -> set[str]:
@@ -264,36 +277,19 @@ async def test_the_batch_insert_with_the_tenant_sent_once_is_held_to_the_tenant_
             channel_b = await tx.fetchval("SELECT id FROM channels LIMIT 1")
         async with engine.transaction("test_seed", tenant_id=pair.a) as tx:
             channel_a = await tx.fetchval("SELECT id FROM channels LIMIT 1")
-        columns = (("channel_id", "text"), ("seq", "bigint"), ("id", "text"))
-        columns += (("sender_id", "text"), ("client_msg_id", "text"), ("envelope", "bytea"))
-        columns += (("sent_at", "bigint"),)
 
-        def rows(channel_id: str, first: int) -> list[tuple[object, ...]]:
-            return [
-                (channel_id, seq, new_id(), "x", None, b"\x01", now_ms())
-                for seq in range(first, first + 3)
-            ]
-
-        def tenant(tenant_id: str) -> tuple[tuple[str, str, object], ...]:
-            return (("tenant_id", "text", tenant_id), ("key_version", "integer", 1))
+        async def insert(tx: Tx, tenant_id: str, channel_id: str) -> None:
+            rows = [(channel_id, seq, new_id(), "x", None, b"\x01", now_ms()) for seq in (200, 201)]
+            constants = (("tenant_id", "text", tenant_id), ("key_version", "integer", 1))
+            await tx.insert_rows(
+                "messages", ROW_COLUMNS, rows, constants=constants, skip_duplicates_of="id"
+            )
 
         async def a_then_b() -> None:
             async with engine.transaction("test_planted", write=True) as tx:
                 await tx.set_tenant(pair.a)
-                await tx.insert_rows(
-                    "messages",
-                    columns,
-                    rows(channel_a, 200),
-                    constants=tenant(pair.a),
-                    skip_duplicates_of="id",
-                )
-                await tx.insert_rows(
-                    "messages",
-                    columns,
-                    rows(channel_b, 200),
-                    constants=tenant(pair.b),
-                    skip_duplicates_of="id",
-                )
+                await insert(tx, pair.a, channel_a)
+                await insert(tx, pair.b, channel_b)
 
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
             await a_then_b()
@@ -336,112 +332,88 @@ async def test_two_tenants_in_turn_on_one_pooled_connection_leak_nothing(
 
 
 async def test_engine_transactions_switch_tenants_on_one_connection(
-    db: PostgresDatabase, pair: Pair
+    one_connection: PostgresEngine, pair: Pair
 ) -> None:
-    engine = PostgresEngine(db.app_url, min_size=1, max_size=1)
-    await engine.open()
-    try:
 
-        async def seen(tenant_id: str | None) -> set[str]:
-            async with engine.transaction("test_seen", tenant_id=tenant_id) as tx:
-                return {r["tenant_id"] for r in await tx.fetch("SELECT tenant_id FROM users")}
+    async def seen(tenant_id: str | None) -> set[str]:
+        async with one_connection.transaction("test_seen", tenant_id=tenant_id) as tx:
+            return {r["tenant_id"] for r in await tx.fetch("SELECT tenant_id FROM users")}
 
-        assert await seen(pair.a) == {pair.a}
-        assert await seen(pair.b) == {pair.b}
-        assert await seen(None) == set()
-        # The worker writes several tenants in one transaction, switching as it goes.
-        async with engine.transaction("test_switch", write=True) as tx:
-            assert await tx.fetch("SELECT tenant_id FROM users") == []
-            await tx.set_tenant(pair.a)
-            assert {r["tenant_id"] for r in await tx.fetch("SELECT tenant_id FROM users")} == {
-                pair.a
-            }
-            await tx.set_tenant(pair.b)
-            assert {r["tenant_id"] for r in await tx.fetch("SELECT tenant_id FROM users")} == {
-                pair.b
-            }
-            await tx.set_tenant(None)
-            assert await tx.fetch("SELECT tenant_id FROM users") == []
-    finally:
-        await engine.close()
+    assert await seen(pair.a) == {pair.a}
+    assert await seen(pair.b) == {pair.b}
+    assert await seen(None) == set()
+    # The worker writes several tenants in one transaction, switching as it goes.
+    async with one_connection.transaction("test_switch", write=True) as tx:
+        assert await tx.fetch("SELECT tenant_id FROM users") == []
+        await tx.set_tenant(pair.a)
+        assert {r["tenant_id"] for r in await tx.fetch("SELECT tenant_id FROM users")} == {pair.a}
+        await tx.set_tenant(pair.b)
+        assert {r["tenant_id"] for r in await tx.fetch("SELECT tenant_id FROM users")} == {pair.b}
+        await tx.set_tenant(None)
+        assert await tx.fetch("SELECT tenant_id FROM users") == []
 
 
 async def test_no_session_state_outlives_an_engine_transaction(
-    db: PostgresDatabase, pair: Pair
+    one_connection: PostgresEngine, pair: Pair
 ) -> None:
     """The pool skips asyncpg's reset query on release: each transaction resets the session's
     settings and sets its own tenant as it opens. A tenant and a setting left at session
     level on the pooled connection (on purpose here: ``is_local`` false, a plain ``SET``)
     reach no later transaction."""
-    engine = PostgresEngine(db.app_url, min_size=1, max_size=1)
-    await engine.open()
-    try:
-        async with engine.transaction("test_leak", write=True) as tx:
-            pid = await tx.fetchval("SELECT pg_backend_pid()")
-            timeout = await tx.fetchval("SHOW statement_timeout")
-            await tx.execute("SELECT set_config('app.tenant_id', $1, false)", pair.a)
-            await tx.execute("SET statement_timeout = 4321")
-        async with engine.transaction("test_no_tenant") as tx:
-            assert await tx.fetchval("SELECT pg_backend_pid()") == pid
-            for table in TENANT_TABLES:
-                assert await tx.fetch(f"SELECT tenant_id FROM {table}") == [], table  # noqa: S608
-            assert await tx.fetchval("SHOW statement_timeout") == timeout
-        async with engine.transaction("test_tenant_b", tenant_id=pair.b) as tx:
-            assert await tx.fetchval("SELECT pg_backend_pid()") == pid
-            for table in TENANT_TABLES:
-                rows = await tx.fetch(f"SELECT tenant_id FROM {table}")  # noqa: S608
-                assert {r["tenant_id"] for r in rows} == {pair.b}, table
-    finally:
-        await engine.close()
+    async with one_connection.transaction("test_leak", write=True) as tx:
+        pid = await tx.fetchval("SELECT pg_backend_pid()")
+        timeout = await tx.fetchval("SHOW statement_timeout")
+        await tx.execute("SELECT set_config('app.tenant_id', $1, false)", pair.a)
+        await tx.execute("SET statement_timeout = 4321")
+    async with one_connection.transaction("test_no_tenant") as tx:
+        assert await tx.fetchval("SELECT pg_backend_pid()") == pid
+        for table in TENANT_TABLES:
+            assert await tx.fetch(f"SELECT tenant_id FROM {table}") == [], table  # noqa: S608
+        assert await tx.fetchval("SHOW statement_timeout") == timeout
+    async with one_connection.transaction("test_tenant_b", tenant_id=pair.b) as tx:
+        assert await tx.fetchval("SELECT pg_backend_pid()") == pid
+        for table in TENANT_TABLES:
+            rows = await tx.fetch(f"SELECT tenant_id FROM {table}")  # noqa: S608
+            assert {r["tenant_id"] for r in rows} == {pair.b}, table
 
 
 async def test_a_tenant_id_that_is_not_a_plain_token_is_bound_as_a_parameter(
-    db: PostgresDatabase, pair: Pair
+    one_connection: PostgresEngine, pair: Pair
 ) -> None:
     """Plain ids travel as a literal in the transaction's opening query; anything else as a
     parameter, so a quote in it is data, never SQL."""
-    engine = PostgresEngine(db.app_url, min_size=1, max_size=1)
-    await engine.open()
     hostile = f"x', false); SELECT set_config('app.tenant_id', '{pair.a}"
-    try:
-        async with engine.transaction("test_hostile", tenant_id=hostile) as tx:
-            assert await tx.fetchval("SELECT current_setting('app.tenant_id')") == hostile
-            assert await tx.fetch("SELECT tenant_id FROM users") == []
-        async with engine.transaction("test_after") as tx:
-            assert await tx.fetch("SELECT tenant_id FROM users") == []
-    finally:
-        await engine.close()
+    async with one_connection.transaction("test_hostile", tenant_id=hostile) as tx:
+        assert await tx.fetchval("SELECT current_setting('app.tenant_id')") == hostile
+        assert await tx.fetch("SELECT tenant_id FROM users") == []
+    async with one_connection.transaction("test_after") as tx:
+        assert await tx.fetch("SELECT tenant_id FROM users") == []
 
 
 async def test_a_transaction_whose_statement_failed_is_never_reported_committed(
-    db: PostgresDatabase, pair: Pair
+    one_connection: PostgresEngine, pair: Pair
 ) -> None:
     """Postgres answers COMMIT of a failed transaction with ROLLBACK, not an error: an error
     swallowed inside must not let the transaction pass for committed (an ack means stored).
     Also: a transaction not declared ``write`` stays read-only."""
-    engine = PostgresEngine(db.app_url, min_size=1, max_size=1)
-    await engine.open()
-    try:
 
-        async def delete_in_a_read_only_transaction() -> None:
-            async with engine.transaction("test_read_only", tenant_id=pair.a) as tx:
-                with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
-                    await tx.execute("DELETE FROM sessions")
-
-        async def delete_then_swallow_an_error() -> None:
-            async with engine.transaction("test_swallowed", tenant_id=pair.a, write=True) as tx:
+    async def delete_in_a_read_only_transaction() -> None:
+        async with one_connection.transaction("test_read_only", tenant_id=pair.a) as tx:
+            with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
                 await tx.execute("DELETE FROM sessions")
-                with pytest.raises(asyncpg.DivisionByZeroError):
-                    await tx.fetchval("SELECT 1 / 0")
 
-        with pytest.raises(RuntimeError, match="rolled back at commit"):
-            await delete_in_a_read_only_transaction()
-        with pytest.raises(RuntimeError, match="rolled back at commit"):
-            await delete_then_swallow_an_error()
-        async with engine.transaction("test_count", tenant_id=pair.a) as tx:
-            assert await tx.fetchval("SELECT count(*) FROM sessions") == 1
-    finally:
-        await engine.close()
+    async def delete_then_swallow_an_error() -> None:
+        async with one_connection.transaction("test_swallowed", tenant_id=pair.a, write=True) as tx:
+            await tx.execute("DELETE FROM sessions")
+            with pytest.raises(asyncpg.DivisionByZeroError):
+                await tx.fetchval("SELECT 1 / 0")
+
+    with pytest.raises(RuntimeError, match="rolled back at commit"):
+        await delete_in_a_read_only_transaction()
+    with pytest.raises(RuntimeError, match="rolled back at commit"):
+        await delete_then_swallow_an_error()
+    async with one_connection.transaction("test_count", tenant_id=pair.a) as tx:
+        assert await tx.fetchval("SELECT count(*) FROM sessions") == 1
 
 
 # -- versions and grants ----------------------------------------------------------------
