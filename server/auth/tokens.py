@@ -41,6 +41,7 @@ _MAX_HEADER_CHARS = 1024  # a header with alg, typ and kid is ~60 characters
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub", "tid", "sid", "typ", "role"]
 _ALGORITHMS = [ALGORITHM]
 _MAX_KNOWN_HEADERS = 16  # header segments remembered (one per key in use, in practice)
+_MAX_VERIFIED = 4096  # tokens whose verified claims are remembered, oldest dropped first
 
 
 # The options merged once, not on every decode (``jwt.decode`` merges them per call).
@@ -170,6 +171,8 @@ class AccessTokens:
         self.audience = audience
         self.ttl_s = ttl_s
         self._kids: dict[str, str] = {}  # header segment -> kid, see _kid_of
+        # token -> (the key that verified it, its principal), see verify
+        self._verified: dict[str, tuple[bytes, Principal]] = {}
 
     def issue(
         self, *, tenant_id: str, subject: str, session_id: str, role: str, kind: str = "user"
@@ -199,13 +202,40 @@ class AccessTokens:
     def use_keys(self, keys: SigningKeys) -> None:
         """Swap in a rotated key set (takes effect for the next issue and verify)."""
         self.keys = keys
+        self._verified.clear()
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid access token, decoded and verified once by pyjwt; only
-        the header is read before that, to pick the key its ``kid`` names."""
+        the header is read before that, to pick the key its ``kid`` names.
+
+        A token that verified is remembered with its principal and the key that verified
+        it (a few thousand, the oldest dropped first): clients reconnect with the token they
+        hold, and a connect storm verified each one again (pyjwt's checks were ~9% of the
+        server's CPU per connect, docs/BENCHMARKS.md). A remembered token is only the same
+        string again: it is accepted while its ``exp`` is in the future, as pyjwt checks
+        it, and while the key that verified it is still the one its kid names (a retired
+        or replaced key drops it at once). Whether its session is still live is checked
+        on every use, after this (``AuthService.current``)."""
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            verified_by, principal = remembered
+            if self.keys.keys.get(self._kid_of(token)) is verified_by:
+                if principal.expires_at > time.time():
+                    return principal
+                del self._verified[token]
+                raise AuthError("token expired", code=ErrorCode.TOKEN_EXPIRED)
+            del self._verified[token]
         key = self.keys.keys.get(self._kid_of(token))
         if key is None:
             raise AuthError("token not accepted")
+        principal = self._decode(token, key)
+        verified = self._verified
+        if len(verified) >= _MAX_VERIFIED:
+            del verified[next(iter(verified))]
+        verified[token] = (key, principal)
+        return principal
+
+    def _decode(self, token: str, key: bytes) -> Principal:
         try:
             claims = _JWT.decode(
                 token,

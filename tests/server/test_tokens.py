@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from protocol.codes import CloseCode, ErrorCode
 from protocol.errors import AuthError
+from server.auth import tokens as tokens_module
 from server.auth.tokens import AccessTokens, SigningKeys
 from tests.harness import LiveServer, assert_closed
 
@@ -296,3 +297,78 @@ def test_a_tampered_token_is_refused_after_the_genuine_one_was_seen() -> None:
     head, _, signature = genuine.split(".")
     changed = _b64({**claims(), "role": "owner"})
     refused(f"{head}.{changed}.{signature}")
+
+
+# -- verified tokens remembered -------------------------------------------------------------
+
+
+def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every token pyjwt decodes from here on, in order."""
+    decoded: list[str] = []
+    real = tokens_module._JWT.decode
+
+    def decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(tokens_module._JWT, "decode", decode)
+    return decoded
+
+
+def test_a_verified_token_is_decoded_once_and_refused_once_expired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded = counting_decodes(monkeypatch)
+    tokens = AccessTokens(KEYS, issuer=ISSUER, audience=AUDIENCE, ttl_s=1)
+    issued = tokens.issue(tenant_id="t", subject="u", session_id="s", role="member")
+    first = tokens.verify(issued.token)
+    assert tokens.verify(issued.token) == first
+    assert decoded == [issued.token]
+    while time.time() < issued.expires_at:
+        time.sleep(0.05)
+    with pytest.raises(AuthError) as caught:
+        tokens.verify(issued.token)
+    assert caught.value.code == ErrorCode.TOKEN_EXPIRED
+    with pytest.raises(AuthError) as again:
+        tokens.verify(issued.token)  # forgotten: pyjwt says expired too
+    assert again.value.code == ErrorCode.TOKEN_EXPIRED
+    assert decoded == [issued.token, issued.token]
+
+
+def test_a_tampered_token_is_refused_by_the_verifier_that_remembers_the_genuine_one() -> None:
+    tokens = verifier()
+    genuine = forge()
+    assert tokens.verify(genuine).role == "member"
+    head, _, signature = genuine.split(".")
+    for changed in (
+        f"{head}.{_b64({**claims(), 'role': 'owner'})}.{signature}",
+        f"{genuine[:-2]}{'A' if genuine[-2] != 'A' else 'B'}{genuine[-1]}",
+        genuine.replace(".", ".x", 1),
+    ):
+        with pytest.raises(AuthError):
+            tokens.verify(changed)
+    assert tokens.verify(genuine).role == "member"
+
+
+def test_a_remembered_token_is_refused_once_its_kid_names_another_key() -> None:
+    tokens = verifier()
+    token = forge()
+    assert tokens.verify(token).id == "user-1"
+    # The same kid, another secret (not through use_keys): the remembered key is not it.
+    tokens.keys = SigningKeys(keys={KEYS.active: b"another secret " * 3}, active=KEYS.active)
+    with pytest.raises(AuthError):
+        tokens.verify(token)
+
+
+def test_remembered_tokens_are_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens_module, "_MAX_VERIFIED", 3)
+    decoded = counting_decodes(monkeypatch)
+    tokens = verifier()
+    issued = [forge(claims(sub=f"user-{n}")) for n in range(5)]
+    for token in issued:
+        tokens.verify(token)
+    for token in reversed(issued[2:]):
+        tokens.verify(token)  # the newest three: remembered
+    assert decoded == issued
+    assert tokens.verify(issued[0]).id == "user-0"  # the oldest: decoded again
+    assert decoded == [*issued, issued[0]]
