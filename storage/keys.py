@@ -204,6 +204,7 @@ class MasterKeyring:
 
 SECRET_SUFFIX = ".key"  # noqa: S105 - a file name suffix
 SECRET_BYTES = 32
+_CHECKED_PATHS = 10_000
 
 
 def is_tenant_id(tenant_id: str) -> bool:
@@ -214,6 +215,7 @@ def is_tenant_id(tenant_id: str) -> bool:
 class TenantKeyStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._checked: dict[str, str] = {}  # tenant id -> its key file's path, for ``has``
 
     def _path(self, tenant_id: str) -> Path:
         if not is_tenant_id(tenant_id):
@@ -230,7 +232,17 @@ class TenantKeyStore:
             raise KeyUnavailableError("tenant key material is unavailable") from None
 
     def has(self, tenant_id: str) -> bool:
-        return self._path(tenant_id).exists()
+        # Asked for every tenant of every persisted batch (a deleted tenant's messages in
+        # flight are dropped): still one stat of the file each time, so a deletion by
+        # another process is seen at once, but of a path string remembered per tenant
+        # rather than a Path validated and built again (bounded like the ids it keeps).
+        path = self._checked.get(tenant_id)
+        if path is None:
+            path = str(self._path(tenant_id))
+            if len(self._checked) >= _CHECKED_PATHS:
+                self._checked.clear()
+            self._checked[tenant_id] = path
+        return os.path.exists(path)
 
     def destroy(self, tenant_id: str) -> None:
         """Delete the tenant's secret (and make the deletion durable). Copies in key-store

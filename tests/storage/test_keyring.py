@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.keys import KeyringError, MasterKeyring, replace_secret_file
+from storage import keys as keys_module
+from storage.keys import KeyringError, MasterKeyring, TenantKeyStore, replace_secret_file
 from tests.opsdata import keyring
 
 
@@ -57,3 +58,26 @@ def test_the_highest_environment_version_is_active_unless_pending() -> None:
     assert ring.active == 2
     with pytest.raises(ValueError, match="newest"):
         MasterKeyring.from_env("1:" + "A" * 43 + "=@1,2:" + "B" * 43 + "=")
+
+
+def test_a_tenant_key_file_removed_by_another_process_is_seen_at_once(tmp_path: Path) -> None:
+    store = TenantKeyStore(tmp_path / "keys")
+    store.create("tenant-a")
+    assert store.has("tenant-a")  # its path is now remembered
+    assert not store.has("tenant-b")
+    # Another process (``baychat tenant delete``) shreds the key behind this object's back.
+    (tmp_path / "keys" / "tenant-a.key").unlink()
+    assert not store.has("tenant-a")
+    store.create("tenant-b")
+    assert store.has("tenant-b")
+    with pytest.raises(ValueError, match="malformed"):
+        store.has("../escape")
+
+
+def test_remembered_key_paths_stay_bounded(tmp_path: Path) -> None:
+    store = TenantKeyStore(tmp_path / "keys")
+    store.create("kept")
+    for i in range(keys_module._CHECKED_PATHS + 5):
+        assert not store.has(f"t{i}")
+    assert len(store._checked) <= keys_module._CHECKED_PATHS
+    assert store.has("kept")
