@@ -8,6 +8,7 @@ a second connection and do not wait for writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -108,6 +109,28 @@ class _SQLiteTx:
         return None
 
 
+async def _end(conn: aiosqlite.Connection, *, commit: bool) -> None:
+    """COMMIT or ROLLBACK a transaction of ``conn``'s, leaving none open whatever happens.
+
+    A COMMIT that fails (a deferred constraint, a full disk, an I/O error) may leave the
+    transaction open, and then every later BEGIN on the connection would fail: the writer,
+    and with it every persistence batch, would be stuck. It is rolled back, so the caller
+    sees the error, nothing is stored and the connection goes on. ``in_transaction`` is
+    read after a statement of the connection's own thread, so it is not read before a
+    BEGIN still queued there has run."""
+    if commit:
+        try:
+            await conn.execute("COMMIT")
+            return
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # the COMMIT's error is the one to see
+                await _end(conn, commit=False)
+            raise
+    await conn.execute("SELECT 1")  # after anything still queued on the connection
+    if conn.in_transaction:
+        await conn.execute("ROLLBACK")
+
+
 class SQLiteEngine:
     dialect: Dialect = "sqlite"
     write_lanes = 1  # one writer connection: concurrent writes would only queue
@@ -154,10 +177,14 @@ class SQLiteEngine:
         if conn is None:
             raise RuntimeError("engine is not open")
         async with lock:
-            await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
+                # Inside the try: a caller cancelled while its BEGIN waits for the thread
+                # still has the transaction rolled back (after the BEGIN, in the thread's
+                # order), instead of leaving it open for every later BEGIN to fail on.
+                await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield _SQLiteTx(conn)
             except BaseException:
-                await conn.execute("ROLLBACK")
+                await _end(conn, commit=False)
                 raise
-            await conn.execute("COMMIT")
+            with _translated:
+                await _end(conn, commit=True)

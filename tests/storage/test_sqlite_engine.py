@@ -1,0 +1,88 @@
+"""The SQLite engine's transactions end, whatever ends them: a COMMIT that fails, a caller
+cancelled while its BEGIN is still queued on the connection's thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from storage.sqlite import SQLiteEngine
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[SQLiteEngine]:
+    engine = SQLiteEngine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await engine.open()
+    async with engine.transaction("schema", write=True) as tx:
+        await tx.execute("CREATE TABLE parent (id TEXT PRIMARY KEY)")
+        # Checked at COMMIT, not at the INSERT: the way to make a COMMIT fail.
+        await tx.execute(
+            "CREATE TABLE child (id TEXT PRIMARY KEY,"
+            " parent TEXT REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+        await tx.execute("INSERT INTO parent (id) VALUES ($1)", "p")
+    yield engine
+    await engine.close()
+
+
+async def children(engine: SQLiteEngine) -> list[str]:
+    async with engine.transaction("read") as tx:
+        return [str(row["id"]) for row in await tx.fetch("SELECT id FROM child ORDER BY id")]
+
+
+async def insert_children(engine: SQLiteEngine, *rows: tuple[str, str]) -> None:
+    """The rows in one write transaction."""
+    async with engine.transaction("test", write=True) as tx:
+        for row in rows:
+            await tx.execute("INSERT INTO child (id, parent) VALUES ($1, $2)", *row)
+
+
+async def insert_then_fail(engine: SQLiteEngine) -> None:
+    async with engine.transaction("test", write=True) as tx:
+        await tx.execute("INSERT INTO child (id, parent) VALUES ($1, $2)", "a", "p")
+        await tx.fetch("SELECT nothing FROM nowhere")
+
+
+async def test_a_failed_commit_stores_nothing_and_the_writer_goes_on(
+    engine: SQLiteEngine,
+) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        await insert_children(engine, ("a", "p"), ("b", "nobody"))  # fails at COMMIT
+    assert await children(engine) == []
+    await insert_children(engine, ("c", "p"))
+    assert await children(engine) == ["c"]
+
+
+async def test_a_transaction_cancelled_while_it_begins_is_rolled_back(
+    engine: SQLiteEngine,
+) -> None:
+    async def hold() -> None:
+        async with engine.transaction("held", write=True):
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(hold())
+    await asyncio.sleep(0)  # waiting for its BEGIN, which the thread still runs
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    async with engine.transaction("next", write=True) as tx:
+        await tx.execute("INSERT INTO child (id, parent) VALUES ($1, $2)", "a", "p")
+    assert await children(engine) == ["a"]
+
+
+async def test_a_failed_statement_rolls_back_and_errors_reach_the_caller(
+    engine: SQLiteEngine,
+) -> None:
+    with pytest.raises(sqlite3.OperationalError):
+        await insert_then_fail(engine)
+    assert await children(engine) == []
+    async with engine.transaction("read") as tx:
+        row = await tx.fetchrow("SELECT id FROM parent WHERE id = $1", "p")
+        assert row is not None
+        assert row["id"] == "p"
+        assert await tx.fetchval("SELECT count(*) FROM parent") == 1
