@@ -66,6 +66,7 @@ class RedisLog:
         self._buffer: deque[LogEntry] = deque()  # read from Redis, not yet handed out
         self._inflight: list[LogEntry] = []  # handed out, not yet done
         self._stopped = False
+        self._max_count = 0  # the batch size the worker reads (read ahead in ``done``)
 
     def stop(self) -> None:
         """Hand out no new entries (the worker is shutting down); a batch in hand is still
@@ -108,6 +109,7 @@ class RedisLog:
             return list(self._inflight)
         if self._stopped:
             return []
+        self._max_count = max_count
         if not self._buffer:
             await self._fill(max_count, block_ms)
         batch: list[LogEntry] = []
@@ -122,6 +124,7 @@ class RedisLog:
         by_origin: dict[str, list[Message]] = {}
         for entry in entries:
             by_origin.setdefault(entry.origin, []).append(entry.message)
+        ahead = self._read_ahead_streams()
         async with self._client.pipeline(transaction=False) as pipe:
             for tenant_id, ids in _by_tenant(entries).items():
                 log = self._names.tenant(tenant_id).log
@@ -129,9 +132,52 @@ class RedisLog:
                 pipe.xack(log, GROUP, *ids)
             for origin, messages in by_origin.items():
                 pipe.publish(self._names.node(origin), encode_lines(messages))
-            await pipe.execute()
+            if ahead is not None:
+                pipe.scard(self._names.tenants)
+                pipe.xreadgroup(GROUP, self.consumer, ahead, count=self._max_count)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        if ahead is not None:
+            *results, count, reply = results
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
         finished = {entry.entry_id for entry in entries}
         self._inflight = [e for e in self._inflight if e.entry_id not in finished]
+        if ahead is not None:
+            self._take_ahead(count, reply)
+
+    def _read_ahead_streams(self) -> dict[Any, Any] | None:
+        """The streams to read the next batch from in ``done``'s own round trip, or None
+        when the next ``read`` goes the usual way: something is still buffered, the worker
+        is stopping, a claim or a refresh of the tenant list is due, or the streams need
+        more than one read.
+
+        Why: under load a worker's batch was six round trips in turn (SCARD and XREADGROUP
+        to read, three for the transaction, this pipeline), each to a process that may be
+        waiting for a core, and a message waits for the batch in hand and then its own
+        (docs/BENCHMARKS.md, the seventh session). Reading ahead here makes it four. The
+        entries read are this consumer's pending ones like any it reads: handed out by the
+        next ``read``, given back by ``close``, claimed by another worker if this one dies."""
+        if self._stopped or self._buffer or self._max_count <= 0:
+            return None
+        tenants = self._tenants
+        if not tenants or len(tenants) > MAX_STREAMS_PER_READ:
+            return None
+        now = asyncio.get_running_loop().time()
+        if now - self._tenants_at > TENANTS_REFRESH_S:
+            return None
+        if (now - self._claimed_at) * 1000 >= self._claim_idle_ms / 2:
+            return None
+        return {self._names.tenant(t).log: ">" for t in tenants}
+
+    def _take_ahead(self, count: Any, reply: Any) -> None:
+        if not isinstance(count, int) or count != len(self._tenants):
+            # A tenant was added (or the count is unknown): the next read that finds
+            # nothing buffered lists the tenants again first, and no read ahead happens
+            # until it has.
+            self._tenants_at = -1e9
+        if not isinstance(reply, Exception):  # NOGROUP and the like: the next read's to fix
+            self._accept_reply(reply)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -196,6 +242,10 @@ class RedisLog:
             self._grouped.difference_update(tenants)
             await self._ensure_groups(tenants)
             return
+        self._accept_reply(reply)
+
+    def _accept_reply(self, reply: Any) -> None:
+        """Buffer the entries of an XREADGROUP reply."""
         for stream, items in reply or []:
             tenant_id = self._tenant_of(stream)
             for entry_id, fields in items:

@@ -220,6 +220,93 @@ async def test_entries_held_by_a_dead_worker_are_claimed_by_a_live_one(store: St
             await client.aclose()
 
 
+def counting_reads(log: Any) -> list[int]:
+    """Each XREADGROUP the log makes on its own (not in ``done``'s pipeline), counted."""
+    calls: list[int] = []
+    read = log._client.xreadgroup
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return await read(*args, **kwargs)
+
+    log._client.xreadgroup = counted
+    return calls
+
+
+async def cycle(log: Any, size: int) -> list[LogEntry]:
+    """One worker cycle without the store: read a batch, mark it done."""
+    batch: list[LogEntry] = await log.read(size, 100)
+    await log.done(batch)
+    return batch
+
+
+async def test_a_busy_logs_next_batch_comes_in_the_round_trip_of_the_last_ones_done(
+    store: Store,
+) -> None:
+    url = await redis_url(claim_idle_ms=60_000)
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        rig.tasks[0].cancel()
+        tenant_id, channel_id = await make_channel(store)
+        node = await rig.node()
+        sent = [await node.publish(tenant_id, channel_id, f"m{i}") for i in range(7)]
+        log = open_log(url, consumer="busy")
+        reads = counting_reads(log)
+        taken = await cycle(log, 3)
+        assert len(reads) == 1
+        taken += await cycle(log, 3)  # read ahead by the first cycle's done
+        assert len(reads) == 1
+        taken += await cycle(log, 3)  # the last one, read ahead too
+        assert len(reads) == 1
+        assert [e.message.seq for e in taken] == [p.message.seq for p in sent]
+        assert await cycle(log, 3) == []  # nothing left: a read of its own, which waits
+        await log.close()
+
+
+async def test_a_tenant_added_while_the_log_is_busy_is_read_within_two_batches(
+    store: Store,
+) -> None:
+    url = await redis_url(claim_idle_ms=60_000)
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        rig.tasks[0].cancel()
+        busy_tenant, busy_channel = await make_channel(store)
+        node = await rig.node()
+        for i in range(20):
+            await node.publish(busy_tenant, busy_channel, f"m{i}")
+        log = open_log(url, consumer="busy")
+        await cycle(log, 2)
+        await cycle(log, 2)
+        new_tenant, new_channel = await make_channel(store)
+        late = await node.publish(new_tenant, new_channel, "first of its tenant")
+        seen: list[str] = []
+        for _ in range(3):
+            seen += [e.message.id for e in await cycle(log, 2)]
+        assert late.message.id in seen
+        await log.close()
+
+
+async def test_a_busy_log_still_claims_what_a_dead_worker_held(store: Store) -> None:
+    url = await redis_url(claim_idle_ms=200)
+    async with open_rig("redis", store, store_seed(store), url=url) as rig:
+        rig.tasks[0].cancel()
+        tenant_id, channel_id = await make_channel(store)
+        node = await rig.node()
+        held = [await node.publish(tenant_id, channel_id, f"held {i}") for i in range(2)]
+        dead = open_log(url, consumer="dead")
+        assert len(await dead.read(2, 1000)) == 2
+        await dead._client.aclose()  # dies without giving anything back
+        sent = [await node.publish(tenant_id, channel_id, f"m{i}") for i in range(60)]
+        log = open_log(url, consumer="alive")
+        taken: list[LogEntry] = []
+        for _ in range(60):
+            taken += await cycle(log, 2)  # never idle: each done reads the next batch
+            await asyncio.sleep(0.02)
+            if {p.message.id for p in held} <= {e.message.id for e in taken}:
+                break
+        assert {p.message.id for p in held} <= {e.message.id for e in taken}
+        assert len(taken) < len(held) + len(sent)  # claimed while the stream was busy
+        await log.close()
+
+
 async def test_a_worker_shutting_down_gives_back_what_it_read_ahead(store: Store) -> None:
     url = await redis_url(claim_idle_ms=60_000)  # only a give-back makes this quick
     async with open_rig("redis", store, store_seed(store), url=url) as rig:
