@@ -138,13 +138,13 @@ class RedisLog:
             results: list[Any] = await pipe.execute(raise_on_error=False)
         if ahead is not None:
             *results, count, reply = results
+            # Before any error below: what was read is this consumer's now either way.
+            self._take_ahead(count, reply)
         for result in results:
             if isinstance(result, Exception):
                 raise result
         finished = {entry.entry_id for entry in entries}
         self._inflight = [e for e in self._inflight if e.entry_id not in finished]
-        if ahead is not None:
-            self._take_ahead(count, reply)
 
     def _read_ahead_streams(self) -> dict[Any, Any] | None:
         """The streams to read the next batch from in ``done``'s own round trip, or None
