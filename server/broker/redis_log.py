@@ -168,7 +168,7 @@ class RedisLog:
             return None
         if (now - self._claimed_at) * 1000 >= self._claim_idle_ms / 2:
             return None
-        return {self._names.tenant(t).log: ">" for t in tenants}
+        return self._unread(tenants)
 
     def _take_ahead(self, count: Any, reply: Any) -> None:
         if not isinstance(count, int) or count != len(self._tenants):
@@ -230,7 +230,7 @@ class RedisLog:
             self._grouped.add(tenant_id)
 
     async def _read_new(self, tenants: list[str], max_count: int, block: int | None) -> None:
-        streams: dict[Any, Any] = {self._names.tenant(t).log: ">" for t in tenants}
+        streams = self._unread(tenants)
         try:
             reply: Any = await self._client.xreadgroup(
                 GROUP, self.consumer, streams, count=max_count, block=block
@@ -243,6 +243,10 @@ class RedisLog:
             await self._ensure_groups(tenants)
             return
         self._accept_reply(reply)
+
+    def _unread(self, tenants: list[str]) -> dict[Any, Any]:
+        """XREADGROUP's streams argument: what this group has not yet read of each log."""
+        return {self._names.tenant(t).log: ">" for t in tenants}
 
     def _accept_reply(self, reply: Any) -> None:
         """Buffer the entries of an XREADGROUP reply."""

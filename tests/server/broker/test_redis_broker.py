@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -240,14 +241,23 @@ async def cycle(log: Any, size: int) -> list[LogEntry]:
     return batch
 
 
-async def test_a_busy_logs_next_batch_comes_in_the_round_trip_of_the_last_ones_done(
-    store: Store,
-) -> None:
-    url = await redis_url(claim_idle_ms=60_000)
+@asynccontextmanager
+async def worker_less_rig(
+    store: Store, claim_idle_ms: int
+) -> AsyncIterator[tuple[str, Any, str, str]]:
+    """A Redis rig without a worker of its own (the test plays the worker), and a channel:
+    (url, node, tenant id, channel id)."""
+    url = await redis_url(claim_idle_ms=claim_idle_ms)
     async with open_rig("redis", store, store_seed(store), url=url) as rig:
         rig.tasks[0].cancel()
         tenant_id, channel_id = await make_channel(store)
-        node = await rig.node()
+        yield url, await rig.node(), tenant_id, channel_id
+
+
+async def test_a_busy_logs_next_batch_comes_in_the_round_trip_of_the_last_ones_done(
+    store: Store,
+) -> None:
+    async with worker_less_rig(store, 60_000) as (url, node, tenant_id, channel_id):
         sent = [await node.publish(tenant_id, channel_id, f"m{i}") for i in range(7)]
         log = open_log(url, consumer="busy")
         try:
@@ -269,11 +279,7 @@ async def test_a_tenant_added_while_the_log_is_busy_is_read_within_a_few_batches
 ) -> None:
     # The batch read ahead, the one after it (whose done sees the new count and does not
     # read ahead), then a read of its own that lists the tenants again and reads them all.
-    url = await redis_url(claim_idle_ms=60_000)
-    async with open_rig("redis", store, store_seed(store), url=url) as rig:
-        rig.tasks[0].cancel()
-        busy_tenant, busy_channel = await make_channel(store)
-        node = await rig.node()
+    async with worker_less_rig(store, 60_000) as (url, node, busy_tenant, busy_channel):
         for i in range(40):
             await node.publish(busy_tenant, busy_channel, f"m{i}")
         log = open_log(url, consumer="busy")
@@ -292,11 +298,7 @@ async def test_a_tenant_added_while_the_log_is_busy_is_read_within_a_few_batches
 
 
 async def test_a_busy_log_still_claims_what_a_dead_worker_held(store: Store) -> None:
-    url = await redis_url(claim_idle_ms=200)
-    async with open_rig("redis", store, store_seed(store), url=url) as rig:
-        rig.tasks[0].cancel()
-        tenant_id, channel_id = await make_channel(store)
-        node = await rig.node()
+    async with worker_less_rig(store, 200) as (url, node, tenant_id, channel_id):
         held = [await node.publish(tenant_id, channel_id, f"held {i}") for i in range(2)]
         dead = open_log(url, consumer="dead")
         assert len(await dead.read(2, 1000)) == 2
