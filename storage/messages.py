@@ -39,13 +39,18 @@ _CHUNK = 250
 _LANE_ROWS = 2 * _CHUNK
 
 
+def _constants(tenant_id: str, version: int) -> tuple[tuple[str, str, object], ...]:
+    """The columns a chunk's rows share: its tenant and key version, which travel once."""
+    return (("tenant_id", "text", tenant_id), ("key_version", "integer", version))
+
+
 async def _insert(tx: Tx, tenant_id: str, version: int, rows: list[tuple[object, ...]]) -> None:
-    """One chunk: one tenant's messages under one key version, which travel once."""
+    """One chunk: one tenant's messages under one key version."""
     await tx.insert_rows(
         "messages",
         ROW_COLUMNS,
         rows,
-        constants=(("tenant_id", "text", tenant_id), ("key_version", "integer", version)),
+        constants=_constants(tenant_id, version),
         skip_duplicates_of="id",
     )
 
@@ -126,14 +131,24 @@ class Messages:
             )
         # The first tenant is set as the transaction opens (no round trip of its own).
         tenant = chunks[0][0]
+        if len(chunks) == 1:
+            # Every small batch: nothing to encrypt while the insert runs, and the insert is
+            # a transaction of its own (on SQLite one statement: one trip to its thread).
+            version, rows = self._encrypted_rows(*chunks[0])
+            await self._engine.insert_rows(
+                "messages_insert_batch",
+                "messages",
+                ROW_COLUMNS,
+                rows,
+                tenant_id=tenant,
+                skip_duplicates_of="id",
+                constants=_constants(tenant, version),
+            )
+            return
         async with self._engine.transaction(
             "messages_insert_batch", tenant_id=tenant, write=True
         ) as tx:
             encrypted = self._encrypted_rows(*chunks[0])
-            if len(chunks) == 1:
-                # Nothing to encrypt while it runs: the insert needs no task.
-                await _insert(tx, tenant, *encrypted)
-                return
             for index, (tenant_id, _) in enumerate(chunks):
                 if tenant_id != tenant:
                     await tx.set_tenant(tenant_id)

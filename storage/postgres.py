@@ -289,6 +289,23 @@ class PostgresEngine:
         finally:
             await self._pool.release(conn)
 
+    async def insert_rows(
+        self,
+        name: str,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+        *,
+        tenant_id: str | None,
+        skip_duplicates_of: str,
+        constants: Sequence[tuple[str, str, Any]] = (),
+    ) -> None:
+        # The tenant must be set for row-level security, which takes a transaction.
+        async with self.transaction(name, tenant_id=tenant_id, write=True) as tx:
+            await tx.insert_rows(
+                table, columns, rows, skip_duplicates_of=skip_duplicates_of, constants=constants
+            )
+
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset on release, as a no-op: asyncpg's default sends one more query per

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -36,6 +37,30 @@ def sqlite_path(url: str) -> Path:
     if not url.startswith("sqlite:///"):
         raise ValueError("SQLite URLs look like sqlite:///path/to/file.db")
     return Path(url[len("sqlite:///") :])
+
+
+# The most parameters one statement may have: SQLITE_MAX_VARIABLE_NUMBER's default (999
+# before SQLite 3.32). A multi-row INSERT with more goes as rows in a transaction instead.
+_MAX_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row_insert(
+    table: str, names: tuple[str, ...], constants: int, width: int, count: int, skip: str
+) -> str:
+    """``INSERT INTO table (names) VALUES (...), ... ON CONFLICT (skip) DO NOTHING`` for
+    ``count`` rows: the ``constants`` first parameters appear in every row, then each row has
+    ``width`` parameters of its own. Numbered parameters, as ``_translate`` makes them."""
+    shared = [f"?{i}" for i in range(1, constants + 1)]
+    values = []
+    for row in range(count):
+        first = constants + row * width + 1
+        values.append(", ".join(shared + [f"?{i}" for i in range(first, first + width)]))
+    rows = "), (".join(values)
+    return (
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({rows})"  # noqa: S608 - constants
+        f" ON CONFLICT ({skip}) DO NOTHING"
+    )
 
 
 _UNIQUE = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
@@ -188,3 +213,42 @@ class SQLiteEngine:
                 raise
             with _translated:
                 await _end(conn, commit=True)
+
+    async def insert_rows(
+        self,
+        name: str,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+        *,
+        tenant_id: str | None,
+        skip_duplicates_of: str,
+        constants: Sequence[tuple[str, str, Any]] = (),
+    ) -> None:
+        if not rows:
+            return
+        if len(constants) + len(columns) * len(rows) > _MAX_PARAMS:
+            async with self.transaction(name, tenant_id=tenant_id, write=True) as tx:
+                await tx.insert_rows(
+                    table, columns, rows, skip_duplicates_of=skip_duplicates_of, constants=constants
+                )
+            return
+        conn = self._writer
+        if conn is None:
+            raise RuntimeError("engine is not open")
+        names = tuple([n for n, _, _ in constants] + [n for n, _ in columns])
+        sql = _multi_row_insert(
+            table, names, len(constants), len(columns), len(rows), skip_duplicates_of
+        )
+        args = [value for _, _, value in constants]
+        for row in rows:
+            args.extend(row)
+        async with self._write_lock:
+            # No transaction of this engine's is open on the writer outside the lock, so the
+            # statement is a transaction of its own: committed (synchronous=FULL) when it
+            # returns, rolled back whole when it fails.
+            with _translated:
+                await conn.execute(sql, args)
+            if conn.in_transaction:  # never: it would mean the rows are not committed yet
+                await _end(conn, commit=False)
+                raise RuntimeError(f"{name}: the insert ran inside an open transaction")
