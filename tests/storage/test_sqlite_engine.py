@@ -1,5 +1,6 @@
 """The SQLite engine's transactions end, whatever ends them: a COMMIT that fails, a caller
-cancelled while its BEGIN is still queued on the connection's thread."""
+cancelled while its BEGIN is still queued on the connection's thread. Rows inserted in a
+transaction of their own are one statement, committed whole or not at all."""
 
 from __future__ import annotations
 
@@ -86,3 +87,95 @@ async def test_a_failed_statement_rolls_back_and_errors_reach_the_caller(
         assert row is not None
         assert row["id"] == "p"
         assert await tx.fetchval("SELECT count(*) FROM parent") == 1
+
+
+# -- rows inserted in a transaction of their own (Engine.insert_rows) -------------------
+
+CHILD = (("id", "text"),)
+
+
+async def insert_rows(engine: SQLiteEngine, rows: list[tuple[str]]) -> None:
+    await engine.insert_rows(
+        "test",
+        "child",
+        CHILD,
+        rows,
+        tenant_id=None,
+        skip_duplicates_of="id",
+        constants=(("parent", "text", "p"),),
+    )
+
+
+async def test_rows_inserted_on_their_own_are_one_statement_committed_on_return(
+    engine: SQLiteEngine, tmp_path: Path
+) -> None:
+    statements: list[str] = []
+    writer = engine._writer
+    assert writer is not None
+    await writer.set_trace_callback(statements.append)
+    await insert_rows(engine, [("a",), ("b",), ("c",)])
+    await writer.set_trace_callback(None)
+    # No BEGIN, no COMMIT: the INSERT is a transaction of its own, one trip to the thread.
+    assert len(statements) == 1
+    assert statements[0].startswith("INSERT INTO child")
+    # Committed: another connection (the CLI's, a backup's) sees the rows at once.
+    with contextlib.closing(sqlite3.connect(tmp_path / "db.sqlite")) as other:
+        assert other.execute("SELECT id, parent FROM child ORDER BY id").fetchall() == [
+            ("a", "p"),
+            ("b", "p"),
+            ("c", "p"),
+        ]
+
+
+async def test_rows_inserted_on_their_own_are_all_or_nothing(engine: SQLiteEngine) -> None:
+    async with engine.transaction("parents", write=True) as tx:
+        await tx.execute("INSERT INTO parent (id) VALUES ($1)", "q")
+    with pytest.raises(sqlite3.IntegrityError):
+        # The second row's parent is missing: its deferred key fails as the statement
+        # commits, and the first row, which alone would be fine, is not stored either.
+        await engine.insert_rows(
+            "test",
+            "child",
+            (("id", "text"), ("parent", "text")),
+            [("a", "q"), ("b", "nobody")],
+            tenant_id=None,
+            skip_duplicates_of="id",
+        )
+    assert await children(engine) == []
+    await insert_rows(engine, [("c",)])
+    assert await children(engine) == ["c"]
+
+
+async def test_rows_inserted_on_their_own_skip_those_already_stored(
+    engine: SQLiteEngine,
+) -> None:
+    await insert_rows(engine, [("a",), ("b",)])
+    await insert_rows(engine, [("b",), ("c",), ("a",)])  # a replayed batch, and one more
+    assert await children(engine) == ["a", "b", "c"]
+
+
+async def test_more_rows_than_one_statement_may_bind_still_go_in_one_transaction(
+    engine: SQLiteEngine,
+) -> None:
+    # Two parameters a row: 20,000 rows need more than SQLite's 32,766 bound parameters.
+    rows = [(f"{i:05}",) for i in range(20_000)]
+    with pytest.raises(sqlite3.IntegrityError):
+        await engine.insert_rows(
+            "test",
+            "child",
+            (("id", "text"), ("parent", "text")),
+            [(row[0], "p") for row in rows[:-1]] + [(rows[-1][0], "nobody")],
+            tenant_id=None,
+            skip_duplicates_of="id",
+        )
+    assert await children(engine) == []
+    await engine.insert_rows(
+        "test",
+        "child",
+        (("id", "text"), ("parent", "text")),
+        [(row[0], "p") for row in rows],
+        tenant_id=None,
+        skip_duplicates_of="id",
+    )
+    async with engine.transaction("count") as tx:
+        assert await tx.fetchval("SELECT count(*) FROM child") == 20_000
