@@ -179,3 +179,22 @@ async def test_more_rows_than_one_statement_may_bind_still_go_in_one_transaction
     )
     async with engine.transaction("count") as tx:
         assert await tx.fetchval("SELECT count(*) FROM child") == 20_000
+
+
+async def test_rows_inserted_on_their_own_wait_for_another_process_writing(
+    engine: SQLiteEngine, tmp_path: Path
+) -> None:
+    # Another connection (the CLI's) holds the write lock and commits a row meanwhile: the
+    # statement waits (busy_timeout) and then writes on top of it, rather than failing.
+    other = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO child (id, parent) VALUES ('o', 'p')")
+        inserting = asyncio.ensure_future(insert_rows(engine, [("a",)]))
+        await asyncio.sleep(0.2)
+        assert not inserting.done()
+        other.execute("COMMIT")
+        await inserting
+    finally:
+        other.close()
+    assert await children(engine) == ["a", "o"]
