@@ -102,10 +102,11 @@ class Engine(Protocol):
         ``tenant_id``: on return every row is committed (or was already stored), on an
         exception none of them is.
 
-        SQLite sends it as one multi-row ``INSERT`` outside ``BEGIN``, which SQLite runs as
-        a transaction of its own and commits as durably as a ``COMMIT``: one trip to the
-        writer's thread instead of three (``BEGIN``, the rows, ``COMMIT``), which is most of
-        what a small batch of the persistence worker costs. Postgres opens a transaction.
+        SQLite sends a few rows as one multi-row ``INSERT`` outside ``BEGIN``, which SQLite
+        runs as a transaction of its own and commits as durably as a ``COMMIT``: one trip to
+        the writer's thread instead of three (``BEGIN``, the rows, ``COMMIT``), which is most
+        of what a small batch of the persistence worker costs; more rows go in a
+        transaction. Postgres opens a transaction.
         """
         ...
 
