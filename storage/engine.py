@@ -87,6 +87,27 @@ class Engine(Protocol):
         """
         ...
 
+    async def insert_committed(
+        self,
+        name: str,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+        *,
+        tenant_id: str,
+        skip_duplicates_of: str,
+        constants: Sequence[tuple[str, str, Any]] = (),
+    ) -> None:
+        """``Tx.insert_rows`` alone in a write transaction named ``name`` for ``tenant_id``,
+        committed when this returns (it raises if it was not).
+
+        Postgres makes it one round trip where the schema has a routine for ``table``
+        (``insert_<table>``, storage/postgres.py) instead of three (the transaction's
+        opening query, the insert, COMMIT): the same statement, checked by the same
+        row-level security, in an implicit transaction of the routine's own call.
+        """
+        ...
+
 
 def database_user(url: str) -> str | None:
     """The role a database URL logs in as (None when the URL names none, as SQLite's)."""

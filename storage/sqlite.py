@@ -169,6 +169,23 @@ class SQLiteEngine:
         # the scoped repositories, which is why only Postgres has a role to check.
         return None
 
+    async def insert_committed(
+        self,
+        name: str,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+        *,
+        tenant_id: str,
+        skip_duplicates_of: str,
+        constants: Sequence[tuple[str, str, Any]] = (),
+    ) -> None:
+        # In-process: a transaction costs no round trip, so there is none to save.
+        async with self.transaction(name, tenant_id=tenant_id, write=True) as tx:
+            await tx.insert_rows(
+                table, columns, rows, skip_duplicates_of=skip_duplicates_of, constants=constants
+            )
+
     @asynccontextmanager
     async def transaction(
         self, name: str, *, tenant_id: str | None = None, write: bool = False
