@@ -87,26 +87,26 @@ class Engine(Protocol):
         """
         ...
 
-    async def insert_rows(
+    async def insert_committed(
         self,
         name: str,
         table: str,
         columns: Sequence[tuple[str, str]],
         rows: Sequence[Sequence[Any]],
         *,
-        tenant_id: str | None,
+        tenant_id: str,
         skip_duplicates_of: str,
         constants: Sequence[tuple[str, str, Any]] = (),
     ) -> None:
-        """``Tx.insert_rows`` in a write transaction of its own, named ``name`` and set to
-        ``tenant_id``: on return every row is committed (or was already stored), on an
-        exception none of them is.
+        """``Tx.insert_rows`` alone in a write transaction named ``name`` for ``tenant_id``,
+        committed when this returns (it raises if it was not).
 
-        SQLite sends a few rows as one multi-row ``INSERT`` outside ``BEGIN``, which SQLite
-        runs as a transaction of its own and commits as durably as a ``COMMIT``: one trip to
-        the writer's thread instead of three (``BEGIN``, the rows, ``COMMIT``), which is most
-        of what a small batch of the persistence worker costs; more rows go in a
-        transaction. Postgres opens a transaction.
+        Postgres makes it one round trip where the schema has a routine for ``table``
+        (``insert_<table>``, storage/postgres.py) instead of three (the transaction's
+        opening query, the insert, COMMIT): the same statement, checked by the same
+        row-level security, in an implicit transaction of the routine's own call. SQLite
+        makes a few rows one multi-row INSERT outside ``BEGIN``, a transaction of its own:
+        one hand-off to its connection's thread instead of three.
         """
         ...
 

@@ -40,12 +40,12 @@ _LANE_ROWS = 2 * _CHUNK
 
 
 def _constants(tenant_id: str, version: int) -> tuple[tuple[str, str, object], ...]:
-    """The columns a chunk's rows share: its tenant and key version, which travel once."""
+    """What one chunk's rows share: one tenant's messages under one key version, which
+    travel once per statement."""
     return (("tenant_id", "text", tenant_id), ("key_version", "integer", version))
 
 
 async def _insert(tx: Tx, tenant_id: str, version: int, rows: list[tuple[object, ...]]) -> None:
-    """One chunk: one tenant's messages under one key version."""
     await tx.insert_rows(
         "messages",
         ROW_COLUMNS,
@@ -129,13 +129,13 @@ class Messages:
             chunks.extend(
                 (tenant_id, listed[i : i + _CHUNK]) for i in range(0, len(listed), _CHUNK)
             )
-        # The first tenant is set as the transaction opens (no round trip of its own).
         tenant = chunks[0][0]
+        encrypted = self._encrypted_rows(*chunks[0])
         if len(chunks) == 1:
-            # Every small batch: nothing to encrypt while the insert runs, and the insert is
-            # a transaction of its own (on SQLite one statement: one trip to its thread).
-            version, rows = self._encrypted_rows(*chunks[0])
-            await self._engine.insert_rows(
+            # A small batch of one tenant (a steady log's, acks waiting on it): nothing to
+            # encrypt while it runs, and the engine commits it in one round trip if it can.
+            version, rows = encrypted
+            await self._engine.insert_committed(
                 "messages_insert_batch",
                 "messages",
                 ROW_COLUMNS,
@@ -145,10 +145,10 @@ class Messages:
                 constants=_constants(tenant, version),
             )
             return
+        # The first tenant is set as the transaction opens (no round trip of its own).
         async with self._engine.transaction(
             "messages_insert_batch", tenant_id=tenant, write=True
         ) as tx:
-            encrypted = self._encrypted_rows(*chunks[0])
             for index, (tenant_id, _) in enumerate(chunks):
                 if tenant_id != tenant:
                     await tx.set_tenant(tenant_id)

@@ -40,6 +40,13 @@ _BEGIN = {True: "BEGIN READ WRITE; RESET ALL", False: "BEGIN READ ONLY; RESET AL
 # quiet log (a few messages, acks waiting) are far below it; a backlog's chunks far above.
 _SAVEPOINT_MIN_ROWS = 64
 
+# Tables whose rows a routine of the schema stores in one call (migration 0007): the routine
+# and the column that identifies a stored row (a row whose value is stored already is
+# skipped, as ``insert_rows(skip_duplicates_of=...)`` skips it). Its arguments are the
+# insert's: the constants, then one array per column, in the caller's order (``_insert_sql``),
+# the first constant the tenant, which the routine also sets for its own transaction.
+_INSERT_ROUTINES = {"messages": ("insert_messages", "id")}
+
 # Failures that mean "the database is not there right now", as opposed to a bad statement.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -111,6 +118,25 @@ def _insert_sql(
     return f"INSERT INTO {table} ({names}) SELECT {', '.join(values)}"
 
 
+@functools.cache
+def _routine_sql(
+    routine: str, columns: tuple[tuple[str, str], ...], constants: tuple[tuple[str, str], ...]
+) -> str:
+    """``SELECT routine($1::type, ..., $k::type[], ...)``: the arguments ``_insert_sql``
+    binds, in the same order. Names and types are the repository's constants."""
+    values = [f"${i}::{kind}" for i, (_, kind) in enumerate(constants, 1)]
+    values += [f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, len(constants) + 1)]
+    return f"SELECT {routine}({', '.join(values)})"
+
+
+def _insert_args(
+    rows: Sequence[Sequence[Any]], constants: Sequence[tuple[str, str, Any]]
+) -> list[Any]:
+    """The values of ``_insert_sql`` and ``_routine_sql``: each constant, then each column
+    as one list (sent as one typed array)."""
+    return [value for _, _, value in constants] + [list(c) for c in zip(*rows, strict=True)]
+
+
 class _PostgresTx:
     __slots__ = ("_conn",)
 
@@ -153,8 +179,7 @@ class _PostgresTx:
             return
         sql = _insert_sql(table, tuple(columns), tuple((n, k) for n, k, _ in constants))
         skip = f"{sql} ON CONFLICT ({skip_duplicates_of}) DO NOTHING"
-        args = [value for _, _, value in constants]
-        args += [list(column) for column in zip(*rows, strict=True)]
+        args = _insert_args(rows, constants)
         with _translated:
             if len(rows) < _SAVEPOINT_MIN_ROWS:
                 # A few rows: the arbiter probes cost less than the savepoint's two round
@@ -289,22 +314,50 @@ class PostgresEngine:
         finally:
             await self._pool.release(conn)
 
-    async def insert_rows(
+    async def insert_committed(
         self,
         name: str,
         table: str,
         columns: Sequence[tuple[str, str]],
         rows: Sequence[Sequence[Any]],
         *,
-        tenant_id: str | None,
+        tenant_id: str,
         skip_duplicates_of: str,
         constants: Sequence[tuple[str, str, Any]] = (),
     ) -> None:
-        # The tenant must be set for row-level security, which takes a transaction.
-        async with self.transaction(name, tenant_id=tenant_id, write=True) as tx:
-            await tx.insert_rows(
-                table, columns, rows, skip_duplicates_of=skip_duplicates_of, constants=constants
-            )
+        if not rows:
+            return
+        routine, key = _INSERT_ROUTINES.get(table, ("", ""))
+        if (
+            not routine
+            or key != skip_duplicates_of
+            or not constants
+            or constants[0] != ("tenant_id", "text", tenant_id)
+        ):
+            async with self.transaction(name, tenant_id=tenant_id, write=True) as tx:
+                await tx.insert_rows(
+                    table, columns, rows, skip_duplicates_of=skip_duplicates_of, constants=constants
+                )
+            return
+        if self._pool is None:
+            raise RuntimeError("engine is not open")
+        sql = _routine_sql(routine, tuple(columns), tuple((n, k) for n, k, _ in constants))
+        args = _insert_args(rows, constants)
+        with _translated:
+            conn = await self._pool.acquire()
+        try:
+            # No BEGIN: Postgres runs the call in an implicit transaction, committed before
+            # it answers, and an error rolls it back (then raised here: nothing stored).
+            with _translated:
+                await conn.execute(sql, *args)
+            if conn.is_in_transaction():
+                # Only if a transaction was left open on the connection, which the pool
+                # never hands out: then the call is not committed, and must not pass for it.
+                with contextlib.suppress(asyncpg.InterfaceError, *_UNAVAILABLE):
+                    await conn.execute("ROLLBACK")
+                raise RuntimeError(f"{name!r} ran inside an open transaction; rolled back")
+        finally:
+            await self._pool.release(conn)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -39,7 +39,7 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///") :])
 
 
-# ``insert_rows`` sends at most this many rows as one multi-row INSERT: the small batches
+# ``insert_committed`` sends at most this many rows as one multi-row INSERT: the small batches
 # of a quiet log, where the thread hand-offs of BEGIN and COMMIT are most of the cost. A
 # larger batch spreads them over its rows and goes as BEGIN, executemany, COMMIT, one
 # prepared statement whatever its size, rather than a statement compiled for each row
@@ -220,17 +220,21 @@ class SQLiteEngine:
             with _translated:
                 await _end(conn, commit=True)
 
-    async def insert_rows(
+    async def insert_committed(
         self,
         name: str,
         table: str,
         columns: Sequence[tuple[str, str]],
         rows: Sequence[Sequence[Any]],
         *,
-        tenant_id: str | None,
+        tenant_id: str,
         skip_duplicates_of: str,
         constants: Sequence[tuple[str, str, Any]] = (),
     ) -> None:
+        # In-process, but each statement is a hand-off to aiosqlite's thread and back (a
+        # wake-up, a wait for the GIL, a wake-up of the loop): a few rows go as one
+        # multi-row INSERT outside BEGIN, which SQLite runs as a transaction of its own
+        # and commits (synchronous=FULL) before it returns, one hand-off instead of three.
         if not rows:
             return
         if len(rows) > _STATEMENT_ROWS or len(constants) + len(columns) * len(rows) > _MAX_PARAMS:

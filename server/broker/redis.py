@@ -86,8 +86,8 @@ class RedisOptions:
     """Tuning read from the broker URL's query string (``?namespace=...&window=...``)."""
 
     namespace: str = "baychat"
-    window: int = 256  # messages per channel kept for fast recovery
-    window_ttl_s: int = 24 * 3600  # an idle channel's window expires
+    window: int = 256  # messages per channel kept for fast recovery (up to an eighth more)
+    window_ttl_s: int = 24 * 3600  # a window expires this long after its last trim
     idempotency_ttl_s: int = 24 * 3600  # how long a client_msg_id is remembered
     max_backlog: int = 1_000_000  # log entries per tenant before publishing is refused
     claim_idle_ms: int = 30_000  # a pending entry idle this long is claimed by a live worker

@@ -89,18 +89,18 @@ async def test_a_failed_statement_rolls_back_and_errors_reach_the_caller(
         assert await tx.fetchval("SELECT count(*) FROM parent") == 1
 
 
-# -- rows inserted in a transaction of their own (Engine.insert_rows) -------------------
+# -- rows inserted in a transaction of their own (Engine.insert_committed) ----------------
 
 CHILD = (("id", "text"),)
 
 
 async def insert_rows(engine: SQLiteEngine, rows: list[tuple[str]]) -> None:
-    await engine.insert_rows(
+    await engine.insert_committed(
         "test",
         "child",
         CHILD,
         rows,
-        tenant_id=None,
+        tenant_id="t",
         skip_duplicates_of="id",
         constants=(("parent", "text", "p"),),
     )
@@ -133,12 +133,12 @@ async def test_rows_inserted_on_their_own_are_all_or_nothing(engine: SQLiteEngin
     with pytest.raises(sqlite3.IntegrityError):
         # The second row's parent is missing: its deferred key fails as the statement
         # commits, and the first row, which alone would be fine, is not stored either.
-        await engine.insert_rows(
+        await engine.insert_committed(
             "test",
             "child",
             (("id", "text"), ("parent", "text")),
             [("a", "q"), ("b", "nobody")],
-            tenant_id=None,
+            tenant_id="t",
             skip_duplicates_of="id",
         )
     assert await children(engine) == []
@@ -163,23 +163,23 @@ async def test_a_larger_batch_of_rows_goes_in_one_transaction(engine: SQLiteEngi
     assert writer is not None
     await writer.set_trace_callback(statements.append)
     with pytest.raises(sqlite3.IntegrityError):
-        await engine.insert_rows(
+        await engine.insert_committed(
             "test",
             "child",
             (("id", "text"), ("parent", "text")),
             [*rows[:-1], ("099", "nobody")],
-            tenant_id=None,
+            tenant_id="t",
             skip_duplicates_of="id",
         )
     await writer.set_trace_callback(None)
     assert statements[0] == "BEGIN IMMEDIATE"
     assert await children(engine) == []
-    await engine.insert_rows(
+    await engine.insert_committed(
         "test",
         "child",
         (("id", "text"), ("parent", "text")),
         rows,
-        tenant_id=None,
+        tenant_id="t",
         skip_duplicates_of="id",
     )
     assert await children(engine) == [row[0] for row in rows]

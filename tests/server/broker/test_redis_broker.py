@@ -571,3 +571,43 @@ async def test_a_batch_whose_replies_never_come_fails_after_its_deadline() -> No
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_the_window_is_trimmed_by_the_eighth_and_keeps_its_expiry(
+    store: Store, private_redis: OwnRedis
+) -> None:
+    """The channel's window keeps between ``window`` and ``window * 9/8`` messages, trimmed
+    (and its expiry renewed) only when it passes the upper bound, and ``recent`` serves
+    exactly what it holds: one LTRIM per eighth of a window of publishes, not one each, and
+    the log stream is looked up only while it is empty."""
+    url = namespaced(private_redis.url, window=16)
+    admin = aioredis.from_url(private_redis.url)
+    try:
+        async with open_rig("redis", store, store_seed(store), url=url) as rig:
+            rig.tasks[0].cancel()  # nobody drains the log: it is never empty again
+            tenant_id, channel_id = await make_channel(store)
+            node = await rig.node()
+            await admin.config_resetstat()
+            await node.publish(tenant_id, channel_id, "m1")
+            (window_key,) = [k async for k in admin.scan_iter(f"*{channel_id}*", _type="list")]
+            lengths = [await admin.llen(window_key)]
+            for i in range(1, 60):
+                await node.publish(tenant_id, channel_id, f"m{i + 1}")
+                lengths.append(await admin.llen(window_key))
+                assert 0 < await admin.ttl(window_key) <= 24 * 3600
+            stats = await admin.info("commandstats")
+            assert all(16 <= n <= 18 for n in lengths[17:]), lengths
+            assert max(lengths) == 18
+            assert stats["cmdstat_ltrim"]["calls"] <= 60 // 3  # old: one per publish
+            assert stats["cmdstat_expire"]["calls"] <= 60 // 3
+            assert stats["cmdstat_exists"]["calls"] == 1  # the first publish: no stream yet
+
+            held = await admin.llen(window_key)
+            newest_out = 60 - held  # the newest seq the window no longer has
+            tail = await node.broker.recent(tenant_id, channel_id, newest_out)
+            assert tail is not None
+            assert [m.seq for m in tail] == list(range(newest_out + 1, 61))
+            assert [m.body for m in tail][-1] == "m60"
+            assert await node.broker.recent(tenant_id, channel_id, newest_out - 1) is None
+    finally:
+        await admin.aclose()
