@@ -2,7 +2,9 @@
 
 WAL mode with ``synchronous=FULL`` so that a committed transaction survives a killed process
 and a power cut. Writes are serialised by a lock (SQLite allows one writer anyway); reads use
-a second connection and do not wait for writes.
+a second connection and do not wait for writes. Every statement is a hand-off to the
+connection's thread and back, so a few rows stored on their own (``insert_committed``, a
+quiet log's batch) go as one statement, which SQLite commits as a transaction of its own.
 """
 
 from __future__ import annotations
