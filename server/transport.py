@@ -131,7 +131,11 @@ class SessionTransport(Protocol):
 class FrameSink(Protocol):
     """The socket side of ``DirectTransport`` (``server.wsprotocol.SocketProtocol``)."""
 
-    def write_frames(self, data: bytes) -> bool: ...
+    def write_frames(self, data: bytes) -> int:
+        """Write whole, already framed WebSocket frames and return the bytes the kernel has
+        not taken yet (``buffered`` after the write, in the same call: this runs once per
+        socket write of every fan-out); -1, writing nothing, once closing or closed."""
+        ...
 
     def buffered(self) -> int: ...
 
@@ -311,12 +315,12 @@ class DirectTransport:
         self._pending = []
         self._written_at = self._loop.time()
         data = pending[0] if len(pending) == 1 else b"".join(pending)
-        if not sink.write_frames(data):
+        buffered = sink.write_frames(data)
+        if buffered < 0:
             self._closing = (CloseCode.GOING_AWAY, "connection lost")
             if self._closed is not None:
                 self._closed.set()
             return False
-        buffered = sink.buffered()
         self._backed_up = buffered > 0
         if buffered > self._max_buffer:
             # What the kernel would not take stays in memory: past the bound, close (a

@@ -121,12 +121,14 @@ class _FrameWrites:
     close_sent: bool
     disconnected: bool
 
-    def write_frames(self, data: bytes) -> bool:
-        """Write whole, already framed WebSocket frames; False once closing or closed."""
+    def write_frames(self, data: bytes) -> int:
+        """Write whole, already framed WebSocket frames; the bytes not yet taken by the
+        kernel afterwards, or -1 once closing or closed (``FrameSink.write_frames``)."""
         if self.close_sent or self.disconnected:
-            return False
-        self.transport.write(data)
-        return True
+            return -1
+        transport = self.transport
+        transport.write(data)
+        return transport.get_write_buffer_size()
 
     def buffered(self) -> int:
         """Bytes written but not yet taken by the kernel."""
@@ -674,11 +676,17 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
             self._head = None
             self.transport.write(head)
 
-    def write_frames(self, data: bytes) -> bool:
+    def write_frames(self, data: bytes) -> int:
+        # ``_write`` inline: this runs once per socket write of every fan-out.
         if self.close_sent or self.disconnected:
-            return False
-        self._write(data)
-        return True
+            return -1
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        transport = self.transport
+        transport.write(data)
+        return transport.get_write_buffer_size()
 
     def close_now(self, code: int, reason: str) -> None:
         """Start the closing handshake without waiting for the write buffer to drain (a

@@ -104,7 +104,9 @@ class Engine(Protocol):
         Postgres makes it one round trip where the schema has a routine for ``table``
         (``insert_<table>``, storage/postgres.py) instead of three (the transaction's
         opening query, the insert, COMMIT): the same statement, checked by the same
-        row-level security, in an implicit transaction of the routine's own call.
+        row-level security, in an implicit transaction of the routine's own call. SQLite
+        makes a few rows one multi-row INSERT outside ``BEGIN``, a transaction of its own:
+        one hand-off to its connection's thread instead of three.
         """
         ...
 

@@ -125,11 +125,11 @@ class _RecordingSink:
         self.backlog = 0
         self.closed: tuple[int, str] | None = None
 
-    def write_frames(self, data: bytes) -> bool:
+    def write_frames(self, data: bytes) -> int:
         if self.closed is not None:
-            return False
+            return -1
         self.writes.append(data)
-        return True
+        return self.backlog
 
     def buffered(self) -> int:
         return self.backlog
