@@ -677,16 +677,10 @@ class SocketProtocol(_FrameWrites, asyncio.Protocol):
             self.transport.write(head)
 
     def write_frames(self, data: bytes) -> int:
-        # ``_write`` inline: this runs once per socket write of every fan-out.
         if self.close_sent or self.disconnected:
             return -1
-        head = self._head
-        if head is not None:
-            self._head = None
-            data = head + data
-        transport = self.transport
-        transport.write(data)
-        return transport.get_write_buffer_size()
+        self._write(data)  # with the held-back 101, if this is the first write
+        return self.transport.get_write_buffer_size()
 
     def close_now(self, code: int, reason: str) -> None:
         """Start the closing handshake without waiting for the write buffer to drain (a
