@@ -48,7 +48,7 @@ from server.logs import bind
 from server.middleware import REQUEST_ID, SECURITY_HEADERS
 from server.origins import OriginPolicy
 from server.proxies import TrustedProxies
-from server.ratelimit import Budget
+from server.ratelimit import Budget, principal_key
 from server.transport import AsgiTransport, DirectTransport, SessionTransport
 from server.wsprotocol import EXTENSION
 from storage.ids import new_hex_id
@@ -585,7 +585,7 @@ class ClientSession:
         conn = self.conn
         assert conn is not None
         limiter = self.runtime.limiter
-        user = (conn.principal.tenant_id, conn.principal.kind, conn.principal.id)
+        user = principal_key(conn.principal.tenant_id, conn.principal.kind, conn.principal.id)
         self._budgets = _Budgets(
             frames=limiter.budget("ws_frames", conn.id),
             publish_connection=limiter.budget("publish_connection", conn.id),

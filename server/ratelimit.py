@@ -60,6 +60,14 @@ STORAGE_TIMEOUT_S = 1.0
 SWEEP_S = 1.0  # how often expired in-memory counters are dropped
 
 
+def principal_key(tenant_id: str, kind: str, principal_id: str) -> tuple[str, str, str]:
+    """The key of a per-principal policy (``publish_user``, ``token_create``, ...). The
+    tenant is written as a Redis Cluster hash tag, as the broker writes it in its own keys
+    (``server.broker.redis_keys``), so that a shared counter lives in its tenant's slot and
+    the publish script that spends the publish budget touches one slot only."""
+    return (f"{{{tenant_id}}}", kind, principal_id)
+
+
 class _SweptMemoryStorage(MemoryStorage):
     """``limits``' synchronous memory storage with its expiry pass run by ``sweep`` (called
     off the loop once per ``SWEEP_S``) instead of a timer thread started on every hit."""

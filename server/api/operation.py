@@ -28,7 +28,7 @@ from protocol.codec import invalid_field
 from protocol.codes import ErrorCode
 from protocol.errors import ProtocolError
 from server.api.http import authenticate, client_ip, decode_body, principal_of, runtime_of
-from server.ratelimit import POLICIES
+from server.ratelimit import POLICIES, principal_key
 
 Handler = Callable[[Request], Awaitable[Response]]
 KeyOf = Callable[[Request], tuple[str, ...]]
@@ -42,7 +42,7 @@ def by_ip(request: Request) -> tuple[str, ...]:
 
 def by_principal(request: Request) -> tuple[str, ...]:
     principal = principal_of(request)
-    return (principal.tenant_id, principal.kind, principal.id)
+    return principal_key(principal.tenant_id, principal.kind, principal.id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The Lua scripts of the Redis broker. Each runs atomically inside Redis and touches keys of
-one tenant only (one hash tag), so each stays within one Redis Cluster slot (PUBLISH with a
-rate-limit budget excepted, see there).
+one tenant only (one hash tag), so each stays within one Redis Cluster slot (PUBLISH's
+rate-limit budget included: its key carries the same tag, ``server.ratelimit.principal_key``).
 
 Key and value formats are described in ``server.broker.redis_keys``. An idempotency record
 is ``<seq>|<message id>|<sent_at>|<log entry id>``; the entry id is empty for records
@@ -44,8 +44,8 @@ end
 # trim or its first message (then ``recent`` misses and the store serves it).
 # The budget is the ``limits`` library's moving window (MOVING_WINDOW_HIT): the same list, the
 # same entries, so its other users see every hit made here. It is consumed before the
-# idempotency check, as the separate check before the publish did. Its key is not in the
-# tenant's slot: on a Redis Cluster the limiter must keep its own check.
+# idempotency check, as the separate check before the publish did. Its key carries the
+# tenant's hash tag (``server.ratelimit.principal_key``), so it lies in the tenant's slot.
 PUBLISH = (
     MOVING_WINDOW_HIT
     + """

@@ -18,7 +18,9 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
 from limits.storage import MemoryStorage
+from redis.crc import key_slot
 from websockets.asyncio.client import ClientConnection
 
 from protocol.codes import CloseCode
@@ -304,6 +306,39 @@ async def test_publishes_sent_back_to_back_are_limited_per_user_in_the_publish_s
     assert 1 <= replies[-1]["retry_after"] <= 60
     await send(ws, {"type": "ping", "id": "still-open"})
     assert (await _next_reply(ws, "still-open"))["type"] == "pong"
+
+
+async def test_the_user_budget_lies_in_the_tenants_redis_cluster_slot(
+    limited_on_redis: LiveServer,
+) -> None:
+    """The publish script spends the budget beside the tenant's seq, window and log, and a
+    Redis Cluster runs a script only on keys of one slot: the budget's key carries the
+    tenant's hash tag, and so do the counters the HTTP path keeps for the same principal."""
+    server = limited_on_redis
+    tenant = await server.tenant()
+    user = await server.user(tenant)
+    await server.channel(tenant, "general", user)
+    token = await token_for(server, user)
+    assert (await _publish(await _ws(server, ip(), token), "general", "ws"))["type"] == "ack"
+    async with server.http() as http:
+        response = await http.post(
+            "/api/v1/channels/general/messages",
+            json={"body": "over HTTP"},
+            headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": ip()},
+        )
+    assert response.status_code == 201, response.text
+    broker_url = server.settings.broker_url
+    namespace = broker_url.split("namespace=")[1].split("&")[0]
+    client = aioredis.Redis.from_url(broker_url.split("?")[0])
+    try:
+        pattern = f"{server.settings.rate_limit_prefix}:rl:*{user.id}*"
+        keys = [key async for key in client.scan_iter(match=pattern)]
+        tenant_keys = [key async for key in client.scan_iter(match=f"{namespace}:*{tenant.id}*")]
+    finally:
+        await client.aclose()
+    assert sorted(key.decode().split("/")[1] for key in keys) == ["http_write", "publish_user"]
+    assert len(tenant_keys) >= 3  # the channel's seq and window, the tenant's log
+    assert {key_slot(key) for key in keys + tenant_keys} == {key_slot(tenant_keys[0])}
 
 
 async def test_a_connection_flooding_past_the_user_budget_is_closed_on_redis(
