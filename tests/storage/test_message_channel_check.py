@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from protocol.errors import ConflictError
 from storage.engine import open_engine
@@ -25,7 +24,7 @@ from storage.ids import new_id
 from storage.messages import ROW_COLUMNS
 from storage.migrations import available, latest_version, migrate, render, split_statements
 from storage.postgres import PostgresEngine
-from tests.backends import PostgresDatabase, fresh_postgres, migrated_postgres
+from tests.backends import PostgresDatabase, fresh_postgres
 
 pytestmark = [pytest.mark.postgres, pytest.mark.asyncio(loop_scope="module")]
 
@@ -42,12 +41,6 @@ INSERT_ROWS = (
     " $3::bigint[], $4::text[], $5::text[], $6::text[], $7::integer[], $8::bytea[],"
     " $9::bigint[])"
 )
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def db() -> AsyncIterator[PostgresDatabase]:
-    async with migrated_postgres() as migrated:
-        yield migrated
 
 
 async def connect(url: str) -> asyncpg.Connection:

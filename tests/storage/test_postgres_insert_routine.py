@@ -22,7 +22,7 @@ from storage.messages import ROW_COLUMNS
 from storage.models import Message
 from storage.postgres import PostgresEngine
 from storage.store import Store
-from tests.backends import PostgresDatabase, migrated_postgres
+from tests.backends import PostgresDatabase
 from tests.storage.stores import opened_store
 
 pytestmark = [pytest.mark.postgres, pytest.mark.asyncio(loop_scope="module")]
@@ -30,12 +30,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.asyncio(loop_scope="module")]
 SIGNATURE = (
     "insert_messages(text, integer, text[], bigint[], text[], text[], text[], bytea[], bigint[])"
 )
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def db() -> AsyncIterator[PostgresDatabase]:
-    async with migrated_postgres() as migrated:
-        yield migrated
 
 
 @dataclass

@@ -21,7 +21,7 @@ from storage.migrations import SchemaVersionError, latest_version, migrate
 from storage.models import Message
 from storage.postgres import PostgresEngine
 from storage.store import Store
-from tests.backends import PostgresDatabase, fresh_postgres, migrated_postgres
+from tests.backends import PostgresDatabase, fresh_postgres
 from tests.harness import make_settings
 from tests.storage.stores import opened_store, store_for
 
@@ -29,12 +29,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.asyncio(loop_scope="module")]
 
 TENANT_TABLES = {"users", "channels", "channel_members", "messages", "sessions", "refresh_tokens"}
 SET_TENANT = "SELECT set_config('app.tenant_id', $1, true)"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def db() -> AsyncIterator[PostgresDatabase]:
-    async with migrated_postgres() as migrated:
-        yield migrated
 
 
 @dataclass
